@@ -1,0 +1,42 @@
+"""Configuration of the data layer (owned by ``mos_jax.data``)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass
+class SyntheticConfig:
+  """Session-hopping generator (the embedded default dataset)."""
+
+  num_users: int = 2000
+  num_themes: int = 8
+  items_per_theme: int = 200
+  cats_per_theme: int = 4
+  favourite_themes: int = 3  # themes a user draws sessions from
+  sessions_per_user: tuple[int, int] = (12, 24)  # inclusive range
+  session_len: tuple[int, int] = (2, 12)  # items per session, inclusive range
+  noise: float = 0.05  # probability that an item comes from a random theme
+  seed: int = 0
+
+
+@dataclasses.dataclass
+class DataConfig:
+  """Where interactions come from and how they become ``[S, T]`` session grids."""
+
+  dataset: str = "synthetic"  # synthetic | taobao | ml-100k | ml-latest-small | amazon-rechorus | csv
+  data_dir: str = ""  # a folder or the file itself; unused for synthetic
+  cache_dir: str = "~/.cache/mos_jax/prepared"  # prepared copies, keyed by a fingerprint of inputs + options
+  task: str = "ctr"  # ctr | next
+  num_sessions: int = 16  # S: most recent sessions kept
+  session_len: int = 16  # T: most recent items kept inside a session
+  session_mode: str = "gap"  # gap: new session when the time gap > session_gap | chunk: fixed-length chunks
+  session_gap: str = "30m"  # e.g. 30m, 1h, 1d
+  chunk_len: int = 16
+  neg_ratio: int = 1  # CTR negatives per positive
+  max_train_targets_per_user: int = 10
+  min_user_events: int = 5
+  kcore: int = 0  # 0 = no k-core filtering
+  columns: str = ""  # generic csv: "user=uid,item=iid,time=ts,category=cat,behavior=type"
+  seed: int = 0
+  synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)

@@ -1,0 +1,28 @@
+"""Test setup: two forced CPU devices and JAX's persistent compilation cache.
+
+Both must be set before JAX is imported anywhere, which is why they live here.
+"""
+
+import os
+import pathlib
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+_CACHE = os.environ.get("MOS_JAX_COMPILATION_CACHE", str(pathlib.Path.home() / ".cache" / "mos_jax" / "jax_cache"))
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+  """The real datasets beside the checkout (../shared/data); tests that need them skip without it."""
+  if not SHARED_DATA.is_dir():
+    pytest.skip(f"real data not found at {SHARED_DATA} (expected ../shared/data beside the checkout)")
+  return SHARED_DATA
