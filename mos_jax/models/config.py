@@ -1,22 +1,53 @@
 """Configuration of the models (owned by ``mos_jax.models``).
 
-Every reconstructed choice of the MoS forward pass (DESIGN.md section 3) is a switch here with a documented default.
+Every reconstructed choice of the MoS forward pass (DESIGN.md section 3) is a switch here with a documented default;
+docs/model.md lists them with the reasoning behind each default.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import jax.numpy as jnp
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
 
 @dataclasses.dataclass
 class MoEConfig:
-  """Sequence-level MoE baselines (GShard, Expert Choice, DSelect-k)."""
+  """Sequence-level MoE baselines (GShard, Expert Choice, DSelect-k); docs/baselines.md.
 
-  num_experts: int = 4
-  top_k: int = 2  # GShard
-  capacity_factor: float = 1.25  # GShard / Expert Choice, over the users of a batch
+  One routing token = one example (a whole user sequence); the routing group is the batch. Each expert is a full
+  backbone encoder over all S*T items. Aux-loss weights come from ModelConfig.balance_loss_weight / z_loss_weight.
+  """
+
+  num_experts: int = 4  # E
+  top_k: int = 2  # GShard: experts per example
+  capacity_factor: float = 1.25  # GShard: C = ceil(cf * top_k * B / E), clipped to [1, B]
+  normalize_gates: bool = True  # GShard: the top_k gates of an example sum to 1
+  expert_choice_capacity_factor: float = 2.0  # Expert Choice: C = ceil(cf * B / E); 2 ~ slots of top-2 at cf=1
+  dselect_k: int = 2  # DSelect-k: number of single-expert selectors (k)
   dselect_gamma: float = 1.0  # DSelect-k smooth-step width
-  dselect_entropy_weight: float = 0.0
+  dselect_entropy_weight: float = 0.0  # DSelect-k: weight of the selector-entropy regulariser (sparsity pressure)
+
+  def validate(self) -> "MoEConfig":
+    """Raises ValueError naming the offending field; returns self."""
+
+    def bad(field, value, expected):
+      raise ValueError(f"ModelConfig.moe.{field}={value!r}: expected {expected}")
+
+    if self.num_experts < 1:
+      bad("num_experts", self.num_experts, "an integer >= 1")
+    if not 1 <= self.top_k <= self.num_experts:
+      bad("top_k", self.top_k, f"an integer in [1, num_experts={self.num_experts}]")
+    if not 1 <= self.dselect_k <= self.num_experts:
+      bad("dselect_k", self.dselect_k, f"an integer in [1, num_experts={self.num_experts}]")
+    for field in ("capacity_factor", "expert_choice_capacity_factor", "dselect_gamma"):
+      if getattr(self, field) <= 0:
+        bad(field, getattr(self, field), "> 0")
+    if self.dselect_entropy_weight < 0:
+      bad("dselect_entropy_weight", self.dselect_entropy_weight, ">= 0")
+    return self
 
 
 @dataclasses.dataclass
@@ -34,6 +65,7 @@ class ModelConfig:
   hidden_dim: int = 32  # H (encoder output)
   num_layers: int = 1
   num_heads: int = 2
+  ffn_multiplier: int = 2  # SASRec feed-forward width = ffn_multiplier * D
   dropout: float = 0.1
   use_category: bool = True
   dtype: str = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
@@ -47,12 +79,66 @@ class ModelConfig:
   router_mlp: bool = False
   dispatch: str = "einsum"  # einsum | gather
   route_by: str = "router"  # router | label (external session label in batch['session_theme'])
+  # Reconstructed routing choices (docs/model.md):
+  routing_priority: str = "choice"  # choice: every 1st choice beats every 2nd choice | time: sessions in order only
+  drop_policy: str = "oldest"  # oldest | newest: which sessions of an overflowing theme are dropped
+  gate_scaling: str = "multiply"  # multiply | straight_through | none: how the router gate scales dispatched sessions
   # MoS experts and fusion.
   use_theme_experts: bool = True
   use_global_expert: bool = True
   use_short_expert: bool = True
   short_sessions: int = 2  # n: sessions seen by the short-term expert
+  fusion: str = "gate"  # gate (learned, target-conditioned in CTR mode) | mean (masked average)
+  head_hidden: int = 64  # CTR head MLP width
   # Auxiliary losses.
   balance_loss_weight: float = 0.01
   z_loss_weight: float = 0.001
   moe: MoEConfig = dataclasses.field(default_factory=MoEConfig)
+
+  @property
+  def compute_dtype(self):
+    """The jnp dtype of activations (params are always float32)."""
+    return _DTYPES[self.dtype]
+
+  def validate(self) -> "ModelConfig":
+    """Raises ValueError naming the offending field; returns self so calls can chain."""
+
+    def bad(field, value, expected):
+      raise ValueError(f"ModelConfig.{field}={value!r}: expected {expected}")
+
+    choices = {
+      "name": ("mos", "backbone", "gshard", "expert_choice", "dselect_k"),
+      "task": ("ctr", "next"),
+      "dtype": tuple(_DTYPES),
+      "router": ("linear", "prototype"),
+      "dispatch": ("einsum", "gather"),
+      "route_by": ("router", "label"),
+      "routing_priority": ("choice", "time"),
+      "drop_policy": ("oldest", "newest"),
+      "gate_scaling": ("multiply", "straight_through", "none"),
+      "fusion": ("gate", "mean"),
+    }
+    for field, allowed in choices.items():
+      if getattr(self, field) not in allowed:
+        bad(field, getattr(self, field), f"one of {allowed}")
+    for field in ("num_items", "num_sessions", "session_len", "embed_dim", "hidden_dim", "num_layers",
+                  "num_heads", "num_themes", "capacity_multiple", "short_sessions", "ffn_multiplier", "head_hidden"):
+      if getattr(self, field) < 1:
+        bad(field, getattr(self, field), "an integer >= 1 (num_items is filled from the dataset's meta)")
+    if self.num_cats < 0:
+      bad("num_cats", self.num_cats, ">= 0")
+    if self.embed_dim % self.num_heads:
+      bad("num_heads", self.num_heads, f"a divisor of embed_dim={self.embed_dim}")
+    if self.top_k not in (1, 2) or self.top_k > self.num_themes:
+      bad("top_k", self.top_k, f"1 or 2 and <= num_themes={self.num_themes}")
+    if self.capacity_factor <= 0:
+      bad("capacity_factor", self.capacity_factor, "> 0")
+    if self.router_temperature <= 0:
+      bad("router_temperature", self.router_temperature, "> 0")
+    if not 0.0 <= self.dropout < 1.0:
+      bad("dropout", self.dropout, "in [0, 1)")
+    if self.name in ("gshard", "expert_choice", "dselect_k") and hasattr(self.moe, "validate"):
+      self.moe.validate()
+    if self.name == "mos" and not (self.use_theme_experts or self.use_global_expert or self.use_short_expert):
+      bad("use_theme_experts", False, "at least one of use_theme_experts/use_global_expert/use_short_expert")
+    return self

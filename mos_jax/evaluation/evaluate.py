@@ -1,0 +1,189 @@
+"""Runs a prediction function over evaluation batches and reduces the results to metrics.
+
+CTR: the logits of every real row are kept (``N`` floats) so that AUC and GAUC are exact, not binned.
+Next-item: the ``[B, num_items + 1]`` scores never leave the device; a jitted function reduces each row to the
+1-based rank of its target and only ``[B]`` ranks come back to the host.
+
+Results are fetched at the end, so the host keeps dispatching batches while the device computes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mos_jax.evaluation import metrics
+
+TASKS = ("ctr", "next")
+
+
+@functools.partial(jax.jit, static_argnames=("exclude_history", "ties"))
+def target_ranks(logits: jax.Array, target: jax.Array, history: jax.Array, *, exclude_history: bool,
+                 ties: str = "pessimistic") -> tuple[jax.Array, jax.Array]:
+  """On-device rank of each target among all items; same rule as ``metrics.ranks_from_scores``.
+
+  Args:
+    logits: ``[B, V]`` scores, V = num_items + 1; column 0 is padding and never a candidate.
+    target: ``[B]`` int target item ids.
+    history: ``[B, S, T]`` int history items (0 = padding); used only when ``exclude_history``.
+    exclude_history: drop history items (other than the target itself) from the candidates.
+    ties: 'pessimistic' (equal scores rank ahead of the target) or 'optimistic' (they rank behind it).
+
+  Returns:
+    ``rank`` int32 ``[B]`` (1-based) and ``has_nan`` bool ``[B]`` (row has a NaN score: its rank is meaningless).
+  """
+  b, v = logits.shape
+  ids = jnp.arange(v)
+  score_t = jnp.take_along_axis(logits, target[:, None], axis=1)  # [B, 1]
+  beats = (lambda x: x >= score_t) if ties == "pessimistic" else (lambda x: x > score_t)
+  cand = (ids[None, :] > 0) & (ids[None, :] != target[:, None])  # [B, V]; fused into the sum, not stored
+  rank = 1 + jnp.sum(beats(logits) & cand, axis=1, dtype=jnp.int32)
+  if exclude_history:
+    # Subtract the distinct history items that were counted, rather than building a [B, V] "seen" mask:
+    # only [B, S*T] values are gathered, so memory stays O(B*V) for the scores alone.
+    hist = jnp.sort(history.reshape(b, -1), axis=1)  # [B, L]
+    first = jnp.concatenate([jnp.ones((b, 1), bool), hist[:, 1:] != hist[:, :-1]], axis=1)  # dedupe
+    counted = first & (hist > 0) & (hist < v) & (hist != target[:, None])
+    hist_scores = jnp.take_along_axis(logits, jnp.clip(hist, 0, v - 1), axis=1)  # [B, L]
+    rank -= jnp.sum(beats(hist_scores) & counted, axis=1, dtype=jnp.int32)
+  return rank, jnp.isnan(logits).any(axis=1)
+
+
+def _logits_of(out: Any) -> Any:
+  # Accept a bare array or a ModelOutput-like object with `.logits`.
+  return out.logits if hasattr(out, "logits") else out
+
+
+def _host(batch: Mapping[str, Any], key: str, index: int) -> np.ndarray:
+  if key not in batch:
+    raise ValueError(f"batch {index}: missing key {key!r} (have {sorted(batch)})")
+  return np.asarray(batch[key])
+
+
+def _weights(batch: Mapping[str, Any], index: int, size: int) -> np.ndarray:
+  w = _host(batch, "weight", index)
+  if w.shape != (size,):
+    raise ValueError(f"batch {index}: 'weight' has shape {w.shape}, expected ({size},) to match the logits")
+  if not np.all((w == 0) | (w == 1)):
+    raise ValueError(f"batch {index}: 'weight' must be 1 (real row) or 0 (padding row), got {np.unique(w)[:5]}")
+  return w.astype(bool)
+
+
+def _fetch(pending: list) -> list[np.ndarray]:
+  """Fetches all device results once, at the end (lets the host run ahead of the device)."""
+  return [np.asarray(x) for x in jax.device_get(pending)]
+
+
+def _evaluate_ctr(predict_fn, batches, logloss_eps: float) -> dict[str, float]:
+  logits, labels, users, masks = [], [], [], []
+  for i, batch in enumerate(batches):
+    out = _logits_of(predict_fn(batch))
+    if out.ndim != 1:
+      raise ValueError(f"batch {i}: task='ctr' expects logits of shape [B], got {out.shape}")
+    mask = _weights(batch, i, out.shape[0])
+    label = _host(batch, "label", i)
+    user = _host(batch, "user", i)
+    for name, a in (("label", label), ("user", user)):
+      if a.shape != out.shape:
+        raise ValueError(f"batch {i}: {name!r} has shape {a.shape}, expected {out.shape} to match the logits")
+    logits.append(out)
+    labels.append(label[mask])
+    users.append(user[mask])
+    masks.append(mask)
+  if not logits:
+    raise ValueError("evaluate: no batches")
+  host_logits = _fetch(logits)
+  for i, (lg, m) in enumerate(zip(host_logits, masks)):
+    if np.isnan(lg[m]).any():
+      raise ValueError(f"batch {i}: predict_fn returned NaN logits for {int(np.isnan(lg[m]).sum())} real row(s)")
+  s = np.concatenate([lg[m] for lg, m in zip(host_logits, masks)]).astype(np.float64)
+  y = np.concatenate(labels)
+  u = np.concatenate(users)
+  if s.size == 0:
+    raise ValueError("evaluate: every row had weight 0; nothing to evaluate")
+  return {
+      "logloss": metrics.logloss(y, metrics.sigmoid(s), eps=logloss_eps),
+      "auc": metrics.auc(y, s),  # on logits: same order as the probabilities, without float saturation ties
+      "gauc": metrics.gauc(y, s, u),
+      "num_examples": int(s.size),
+  }
+
+
+def _evaluate_next(predict_fn, batches, ks, exclude_history: bool, ties: str) -> dict[str, float]:
+  ranks, nans, masks = [], [], []
+  for i, batch in enumerate(batches):
+    out = _logits_of(predict_fn(batch))
+    if out.ndim != 2 or out.shape[1] < 2:
+      raise ValueError(f"batch {i}: task='next' expects logits of shape [B, num_items + 1], got {out.shape}")
+    b, v = out.shape
+    mask = _weights(batch, i, b)
+    target = _host(batch, "target_item", i)
+    if target.shape != (b,):
+      raise ValueError(f"batch {i}: 'target_item' has shape {target.shape}, expected ({b},)")
+    bad = mask & ((target < 1) | (target >= v))
+    if bad.any():
+      raise ValueError(f"batch {i}: 'target_item' must be in 1..{v - 1} (num_items) on real rows, "
+                       f"got {target[bad][:5]}")
+    target = np.where(mask, target, 1)  # padding rows may carry id 0; any valid id keeps the gather in range
+    if exclude_history:
+      if "items" not in batch:
+        raise ValueError(f"batch {i}: exclude_history=True needs key 'items' (have {sorted(batch)})")
+      history = batch["items"]  # may already live on the device; no host copy
+      if np.ndim(history) < 2 or np.shape(history)[0] != b:
+        raise ValueError(f"batch {i}: 'items' has shape {np.shape(history)}, expected [{b}, S, T]")
+    else:
+      history = jnp.zeros((b, 1), jnp.int32)  # unused; a constant shape keeps one compilation
+    rank, has_nan = target_ranks(out, jnp.asarray(target, jnp.int32), jnp.asarray(history, jnp.int32),
+                                 exclude_history=exclude_history, ties=ties)
+    ranks.append(rank)
+    nans.append(has_nan)
+    masks.append(mask)
+  if not ranks:
+    raise ValueError("evaluate: no batches")
+  host_ranks = _fetch(ranks)
+  host_nans = _fetch(nans)
+  for i, (n, m) in enumerate(zip(host_nans, masks)):
+    if (n & m).any():
+      raise ValueError(f"batch {i}: predict_fn returned NaN scores in {int((n & m).sum())} real row(s)")
+  r = np.concatenate([rk[m] for rk, m in zip(host_ranks, masks)])
+  if r.size == 0:
+    raise ValueError("evaluate: every row had weight 0; nothing to evaluate")
+  out = metrics.ranking_metrics(r.astype(np.int64), ks)
+  out["num_examples"] = int(r.size)
+  return out
+
+
+def evaluate(predict_fn: Callable[[Mapping[str, Any]], Any], batches: Iterable[Mapping[str, Any]], *, task: str,
+             ks: Sequence[int] = (5, 10, 20, 50), exclude_history: bool = False, ties: str = "pessimistic",
+             logloss_eps: float = metrics.LOGLOSS_EPS) -> dict[str, float]:
+  """Evaluates ``predict_fn`` on every batch; rows with ``weight == 0`` are padding and never count.
+
+  Args:
+    predict_fn: ``batch -> logits`` (typically jitted); CTR: ``[B]``, next-item: ``[B, num_items + 1]``. An
+      object with a ``.logits`` attribute (a ``ModelOutput``) is accepted too.
+    batches: iterable of batch dicts (docs/interfaces.md); needs ``weight``, and ``label``/``user`` (CTR) or
+      ``target_item`` (next-item; ``items`` too when ``exclude_history``).
+    task: 'ctr' or 'next'.
+    ks: cutoffs for HR@K and NDCG@K (next-item).
+    exclude_history: next-item only; drop the example's history items (except the target) from the candidates.
+      Default False: RecBole's sequential full ranking and repeat consumption (the target may be a history item).
+    ties: next-item tie rule, 'pessimistic' (default; see docs/metrics.md) or 'optimistic'.
+    logloss_eps: probability clipping of the CTR logloss (FuxiCTR: 1e-7).
+
+  Returns:
+    CTR: ``logloss``, ``auc``, ``gauc``, ``num_examples``. Next-item: ``hr@K`` and ``ndcg@K`` for each K,
+    ``mrr``, ``num_examples``. ``auc``/``gauc`` are NaN when undefined (one label class).
+  """
+  if task not in TASKS:
+    raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
+  if ties not in metrics.TIES:
+    raise ValueError(f"ties: expected one of {metrics.TIES}, got {ties!r}")
+  if task == "ctr":
+    return _evaluate_ctr(predict_fn, batches, logloss_eps)
+  metrics.ranking_metrics(np.ones(1, np.int64), ks)  # validate ks before running the model
+  return _evaluate_next(predict_fn, batches, ks, exclude_history, ties)

@@ -1,0 +1,61 @@
+"""Task heads shared by every model: CTR logit and next-item scores tied to the item embedding table."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mos_jax.models.config import ModelConfig
+
+PAD_LOGIT = -1e9  # next-item column 0 (the padding id) can never be predicted
+
+
+class CTRHead(nnx.Module):
+  """(u[B,H], target[B,D]) -> float32 logit [B]: MLP over [u, t, u*t] with t = target projected to H."""
+
+  def __init__(self, cfg: ModelConfig, *, in_dim: int, rngs: nnx.Rngs):
+    dt = cfg.compute_dtype
+    self.target_proj = nnx.Linear(cfg.embed_dim, in_dim, dtype=dt, rngs=rngs)
+    self.hidden = nnx.Linear(3 * in_dim, cfg.head_hidden, dtype=dt, rngs=rngs)
+    self.out = nnx.Linear(cfg.head_hidden, 1, dtype=dt, rngs=rngs)
+    self.drop = nnx.Dropout(cfg.dropout, rngs=rngs)
+
+  def __call__(self, u: jax.Array, target: jax.Array, *, deterministic: bool) -> jax.Array:
+    t = self.target_proj(target)
+    u = u.astype(t.dtype)
+    z = jax.nn.gelu(self.hidden(jnp.concatenate([u, t, u * t], axis=-1)))
+    return self.out(self.drop(z, deterministic=deterministic))[:, 0].astype(jnp.float32)
+
+
+class NextItemHead(nnx.Module):
+  """(u[B,H], item_table[V,D]) -> float32 scores [B,V] = proj(u) . table^T, column 0 = PAD_LOGIT."""
+
+  def __init__(self, cfg: ModelConfig, *, in_dim: int, rngs: nnx.Rngs):
+    self.proj = nnx.Linear(in_dim, cfg.embed_dim, dtype=cfg.compute_dtype, rngs=rngs)
+
+  def __call__(self, u: jax.Array, item_table: jax.Array) -> jax.Array:
+    q = self.proj(u)
+    # scores[B, V]: bf16 inputs when asked, float32 accumulation and output.
+    scores = jnp.einsum("bd,vd->bv", q, item_table.astype(q.dtype), preferred_element_type=jnp.float32)
+    return scores.at[:, 0].set(PAD_LOGIT)
+
+
+class TaskHead(nnx.Module):
+  """The head ``cfg.task`` asks for, behind one call: ``head(u, target, item_table, deterministic=...)``.
+
+  ``u[B,in_dim]`` is the user representation, ``target[B,D]`` the target embedding (used in CTR mode only),
+  ``item_table[V,D]`` the tied item table (used in next-item mode only). Returns the logits of docs/interfaces.md.
+  """
+
+  def __init__(self, cfg: ModelConfig, *, in_dim: int, rngs: nnx.Rngs):
+    self.task = cfg.task
+    if cfg.task == "ctr":
+      self.head = CTRHead(cfg, in_dim=in_dim, rngs=rngs)
+    else:
+      self.head = NextItemHead(cfg, in_dim=in_dim, rngs=rngs)
+
+  def __call__(self, u: jax.Array, target: jax.Array, item_table: jax.Array, *, deterministic: bool) -> jax.Array:
+    if self.task == "ctr":
+      return self.head(u, target, deterministic=deterministic)
+    return self.head(u, item_table)

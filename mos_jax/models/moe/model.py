@@ -1,0 +1,141 @@
+"""Sequence-level MoE baselines: E full backbone encoders over the whole S*T sequence, routed per example.
+
+    embed -> x[B,L,D], mask[B,L], target[B,D]            (shared Embedder; L = S*T)
+    router input r[B,R] = [masked mean of x | target (CTR only)]   (float32)
+    gshard / expert_choice: logits[B,E] -> Routing -> dispatch x to [E,C,L,D] -> stacked experts -> h[E,C,H]
+                            -> combine (gate-weighted) -> u[B,H]
+    dselect_k:              weights[B,E] (smooth-step selectors) -> every expert on every example h[E,B,H]
+                            -> u = sum_e w[b,e] h[e,b]
+    head(u, target, item_table) -> logits                  (shared TaskHead)
+
+The experts are the registry's encoders with stacked parameters under ``self.experts`` (leading axis E), so the
+training code can shard them over the mesh's ``expert`` axis. An example that no expert holds (dropped by capacity,
+or not chosen under Expert Choice) gets u = 0: there is no residual path around a sequence-level expert.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mos_jax.models.config import ModelConfig
+from mos_jax.models.embedding import Embedder
+from mos_jax.models.encoders import apply_stacked_encoders, build_stacked_encoders
+from mos_jax.models.heads import TaskHead
+from mos_jax.models.moe import dispatch as dispatch_lib
+from mos_jax.models.moe import gating
+from mos_jax.models.outputs import ModelOutput
+
+_F32 = jnp.float32
+
+
+def routing_features(x: jax.Array, mask: jax.Array, target: jax.Array | None) -> jax.Array:
+  """Router input per example: masked mean of x[B,L,D] (zeros when empty), then the target (CTR) -> float32 [B,R]."""
+  m = mask.astype(_F32)[..., None]
+  mean = jnp.sum(x.astype(_F32) * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)  # [B,D]
+  return mean if target is None else jnp.concatenate([mean, target.astype(_F32)], axis=-1)
+
+
+class MoEModel(nnx.Module):
+  """GShard | Expert Choice | DSelect-k over the shared embedding, encoders and heads (``cfg.name`` picks)."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    moe = cfg.moe.validate()
+    if cfg.name not in ("gshard", "expert_choice", "dselect_k"):
+      raise ValueError(f"ModelConfig.name={cfg.name!r}: expected one of ('gshard', 'expert_choice', 'dselect_k')")
+    self.kind = cfg.name
+    self.task = cfg.task
+    self.dispatch = cfg.dispatch
+    self.num_experts = moe.num_experts
+    self.top_k = moe.top_k
+    self.capacity_factor = moe.capacity_factor if cfg.name == "gshard" else moe.expert_choice_capacity_factor
+    self.normalize_gates = moe.normalize_gates
+    self.dselect_k = moe.dselect_k
+    self.gamma = moe.dselect_gamma
+    self.entropy_weight = moe.dselect_entropy_weight
+    self.balance_weight = cfg.balance_loss_weight
+    self.z_weight = cfg.z_loss_weight
+    self.embedder = Embedder(cfg, rngs=rngs)
+    self.experts = build_stacked_encoders(cfg, num=moe.num_experts, max_len=cfg.num_sessions * cfg.session_len,
+                                          rngs=rngs)
+    feat = cfg.embed_dim * (2 if cfg.task == "ctr" else 1)
+    if cfg.name == "dselect_k":
+      self.num_bits = gating.binary_codes(moe.num_experts).shape[1]
+      self.selector = nnx.Linear(feat, moe.dselect_k * self.num_bits, rngs=rngs)  # float32 routing params
+      self.mix = nnx.Linear(feat, moe.dselect_k, rngs=rngs)
+    else:
+      self.router = nnx.Linear(feat, moe.num_experts, rngs=rngs)
+    self.head = TaskHead(cfg, in_dim=cfg.hidden_dim, rngs=rngs)
+
+  def embed(self, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+    """-> x[B,L,D], mask[B,L], target[B,D], router features[B,R], valid rows bool[B] (weight > 0)."""
+    x, mask, target = self.embedder.embed_batch(batch)
+    b, s, t, d = x.shape
+    x, mask = x.reshape(b, s * t, d), mask.reshape(b, s * t)
+    weight = batch.get("weight")
+    valid = jnp.ones((b,), bool) if weight is None else jnp.asarray(weight) > 0
+    feats = routing_features(x, mask, target if self.task == "ctr" else None)
+    return x, mask, target, feats, valid
+
+  def route(self, feats: jax.Array, valid: jax.Array) -> gating.Routing:
+    """Token-choice (GShard) or expert-choice routing of the B examples; capacity from the static B."""
+    logits = self.router(feats.astype(_F32))  # [B,E] float32
+    num_tokens = feats.shape[0]
+    if self.kind == "gshard":
+      cap = gating.capacity(num_tokens, self.num_experts, self.capacity_factor, k=self.top_k)
+      return gating.top_k_routing(logits, valid, k=self.top_k, capacity=cap, normalize_gates=self.normalize_gates)
+    cap = gating.capacity(num_tokens, self.num_experts, self.capacity_factor)
+    return gating.expert_choice_routing(logits, valid, capacity=cap)
+
+  def dselect_weights(self, feats: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    sel = self.selector(feats.astype(_F32)).reshape(feats.shape[0], self.dselect_k, self.num_bits)  # [B,k,m]
+    return gating.dselect_k_weights(sel, self.mix(feats.astype(_F32)), num_experts=self.num_experts,
+                                    gamma=self.gamma)
+
+  def __call__(self, batch: Mapping[str, jax.Array], deterministic: bool) -> ModelOutput:
+    x, mask, target, feats, valid = self.embed(batch)
+    ctr_target = target if self.task == "ctr" else None
+    if self.kind == "dselect_k":
+      u, aux, metrics = self._dense(x, mask, ctr_target, feats, valid, deterministic)
+    else:
+      u, aux, metrics = self._sparse(x, mask, ctr_target, feats, valid, deterministic)
+    logits = self.head(u, target, self.embedder.item_table, deterministic=deterministic)
+    return ModelOutput(logits, aux.astype(_F32), metrics)
+
+  def _sparse(self, x, mask, target, feats, valid, deterministic):
+    r = self.route(feats, valid)
+    send, gather_back = dispatch_lib.DISPATCHERS[self.dispatch]
+    xe, me = send(x, r), send(mask, r)  # [E,C,L,D], [E,C,L]
+    te = None if target is None else send(target, r)  # [E,C,D]
+    h = apply_stacked_encoders(self.experts, xe, me, te, deterministic=deterministic)  # [E,C,H]
+    u = gather_back(h, r)  # [B,H] float32, gate-weighted
+    m = r.metrics
+    aux = self.z_weight * m["z_loss"]
+    if self.kind == "gshard":
+      aux = aux + self.balance_weight * m["balance_loss"]
+    return u, aux, dict(m)
+
+  def _dense(self, x, mask, target, feats, valid, deterministic):
+    w, regs = self.dselect_weights(feats)  # [B,E]
+    e = self.num_experts
+    rep = lambda a: jnp.broadcast_to(a[None], (e,) + a.shape)  # noqa: E731  every expert sees every example
+    h = apply_stacked_encoders(self.experts, rep(x), rep(mask), None if target is None else rep(target),
+                               deterministic=deterministic)  # [E,B,H]
+    u = jnp.einsum("be,ebh->bh", w, h.astype(_F32))  # [B,H]
+    # Unreachable-code penalty with weight 1 as in the reference implementation; exactly 0 when E is a power of 2.
+    aux = self.entropy_weight * regs["selector_entropy"] + regs["unreachable_penalty"]
+    v = valid.astype(_F32)
+    n = jnp.maximum(jnp.sum(v), 1.0)
+    usage = jnp.sum(w * v[:, None], axis=0) / n  # [E] mean weight per expert
+    wn = w / jnp.maximum(jnp.sum(w, axis=-1, keepdims=True), 1e-9)
+    ent = -jnp.sum(jnp.where(wn > 0, wn * jnp.log(jnp.where(wn > 0, wn, 1.0)), 0.0), axis=-1)
+    metrics = {
+        **regs,
+        "expert_usage": usage / jnp.maximum(jnp.sum(usage), 1e-9),
+        "router_entropy": jnp.sum(ent * v) / n,
+        "experts_per_example": jnp.sum((w > 1e-6) * v[:, None]) / n,  # experts with non-zero weight
+    }
+    return u, aux, metrics

@@ -1,0 +1,48 @@
+"""Theme router of MoS (DESIGN.md §3.2–3.3): session summaries -> float32 logits over K themes."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mos_jax.models.config import ModelConfig
+
+NEG = -1e9  # logit of padding sessions: finite so softmax and its gradient stay finite
+
+
+def session_summary(x: jax.Array, mask: jax.Array) -> jax.Array:
+  """Masked mean over T: x[B,S,T,D], mask[B,S,T] -> float32 [B,S,D] (zeros for padding sessions)."""
+  m = mask.astype(jnp.float32)[..., None]
+  return jnp.sum(x.astype(jnp.float32) * m, axis=2) / jnp.maximum(jnp.sum(m, axis=2), 1.0)
+
+
+class Router(nnx.Module):
+  """summaries[B,S,D], session_mask[B,S] -> logits f32[B,S,K] (padding sessions = NEG).
+
+  ``linear``: a dense layer; ``prototype``: cosine similarity to K learned theme prototypes / temperature.
+  ``router_mlp`` adds a residual GELU layer on the summaries first. Runs in float32 (routing decisions are discrete:
+  bfloat16 rounding would flip them).
+  """
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    d, k = cfg.embed_dim, cfg.num_themes
+    self.kind = cfg.router
+    self.temperature = cfg.router_temperature
+    self.mlp = nnx.Linear(d, d, rngs=rngs) if cfg.router_mlp else None
+    if cfg.router == "linear":
+      self.proj = nnx.Linear(d, k, rngs=rngs)
+    else:
+      self.prototypes = nnx.Param(jax.random.normal(rngs.params(), (k, d), jnp.float32))
+
+  def __call__(self, summaries: jax.Array, session_mask: jax.Array) -> jax.Array:
+    s = summaries.astype(jnp.float32)
+    if self.mlp is not None:
+      s = s + jax.nn.gelu(self.mlp(s))
+    if self.kind == "linear":
+      logits = self.proj(s)
+    else:
+      unit = lambda v: v * jax.lax.rsqrt(jnp.sum(v * v, axis=-1, keepdims=True) + 1e-12)  # noqa: E731
+      # logits[B,S,K] = cos(s, prototype_k) / temperature
+      logits = jnp.einsum("bsd,kd->bsk", unit(s), unit(self.prototypes[...])) / self.temperature
+    return jnp.where(session_mask[..., None], logits, NEG)

@@ -1,0 +1,136 @@
+"""Routing math of MoS on static shapes: capacity, top-k choice, priority, chronological slots (DESIGN.md §3.4).
+
+Routing groups are per user: each row b routes its own S sessions to K theme buffers of C slots.
+Everything here is a pure function of arrays, so it is tested on exact small arrays against a Python loop.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class RoutingPlan(NamedTuple):
+  """Where each (session, choice) goes. All arrays are [B, S, k]; k = choices per session (top-k).
+
+  expert: int32 chosen theme (meaningful where ``valid``).
+  gate:   float32 router probability of that theme (1 when routing by label).
+  valid:  bool, the session is real (not padding) and the choice exists.
+  keep:   bool, valid and it won a slot (not dropped for capacity).
+  slot:   int32 position in the theme buffer (meaningful where ``keep``); kept sessions of one theme fill slots
+          0, 1, ... in time order, so every buffer is chronological.
+  """
+
+  expert: jax.Array
+  gate: jax.Array
+  valid: jax.Array
+  keep: jax.Array
+  slot: jax.Array
+
+
+def capacity(num_sessions: int, num_themes: int, top_k: int, capacity_factor: float, multiple: int = 1) -> int:
+  """C = ceil(cf * k * S / K), rounded up to ``multiple``, never above S rounded up (a theme can hold all S)."""
+  c = math.ceil(capacity_factor * top_k * num_sessions / num_themes - 1e-9)  # 1e-9: 1.5*4/... float noise
+  round_up = lambda n: -(-n // multiple) * multiple  # noqa: E731
+  return max(1, min(round_up(c), round_up(num_sessions)))
+
+
+def top_k_choice(probs: jax.Array, session_mask: jax.Array, k: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """probs f32[B,S,K], session_mask bool[B,S] -> (expert int32[B,S,k], gate f32[B,S,k], valid bool[B,S,k])."""
+  gate, expert = jax.lax.top_k(probs, k)
+  valid = jnp.broadcast_to(session_mask[..., None], expert.shape)
+  return expert.astype(jnp.int32), jnp.where(valid, gate, 0.0), valid
+
+
+def label_choice(labels: jax.Array, num_themes: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Routing by an external label: labels int[B,S] (−1 = padding) -> top-1 (expert, gate = 1, valid).
+
+  Labels outside [0, K) are treated as padding (never routed); MoS reports their fraction as a metric.
+  """
+  labels = labels.astype(jnp.int32)
+  valid = (labels >= 0) & (labels < num_themes)
+  expert = jnp.where(valid, labels, 0)[..., None]
+  return expert, valid[..., None].astype(jnp.float32), valid[..., None]
+
+
+def _exclusive_cumsum(x: jax.Array, axis: int) -> jax.Array:
+  return jnp.cumsum(x, axis=axis) - x
+
+
+def assign_slots(expert: jax.Array, valid: jax.Array, *, num_themes: int, capacity: int,
+                 priority: str = "choice", drop_policy: str = "oldest") -> tuple[jax.Array, jax.Array]:
+  """Decides who is kept under capacity, then gives kept sessions chronological slots.
+
+  expert int[B,S,k], valid bool[B,S,k] -> (keep bool[B,S,k], slot int32[B,S,k]).
+
+  priority "choice": all first choices are served before any second choice (GShard-style); "time": choices are
+  served session by session. Within one choice rank, drop_policy "oldest" serves the most recent sessions first
+  (so the oldest overflow is dropped), "newest" serves the oldest first. Slots are then a running count over kept
+  sessions in time order, independent of the priority order.
+  """
+  if priority not in ("choice", "time"):
+    raise ValueError(f"ModelConfig.routing_priority={priority!r}: expected 'choice' or 'time'")
+  if drop_policy not in ("oldest", "newest"):
+    raise ValueError(f"ModelConfig.drop_policy={drop_policy!r}: expected 'oldest' or 'newest'")
+  b, s, k = expert.shape
+  onehot = jax.nn.one_hot(expert, num_themes, dtype=jnp.int32) * valid[..., None]  # [B,S,k,K]
+  ordered = onehot[:, ::-1] if drop_policy == "oldest" else onehot  # serve order over sessions
+  if priority == "choice":
+    seq = jnp.swapaxes(ordered, 1, 2).reshape(b, k * s, num_themes)  # [B, k*S, K]: rank-major
+    rank = _exclusive_cumsum(seq, axis=1).reshape(b, k, s, num_themes).swapaxes(1, 2)
+  else:
+    seq = ordered.reshape(b, s * k, num_themes)  # session-major
+    rank = _exclusive_cumsum(seq, axis=1).reshape(b, s, k, num_themes)
+  if drop_policy == "oldest":
+    rank = rank[:, ::-1]
+  kept_onehot = onehot * (rank < capacity)  # [B,S,k,K]
+  keep = jnp.sum(kept_onehot, axis=-1) > 0
+  # Chronological slot: how many kept sessions of the same theme come earlier in time.
+  chrono = _exclusive_cumsum(kept_onehot.reshape(b, s * k, num_themes), axis=1).reshape(b, s, k, num_themes)
+  slot = jnp.sum(chrono * onehot, axis=-1).astype(jnp.int32)
+  return keep, jnp.where(keep, slot, 0)
+
+
+def make_plan(expert: jax.Array, gate: jax.Array, valid: jax.Array, *, num_themes: int, capacity: int,
+              priority: str = "choice", drop_policy: str = "oldest") -> RoutingPlan:
+  keep, slot = assign_slots(expert, valid, num_themes=num_themes, capacity=capacity, priority=priority,
+                            drop_policy=drop_policy)
+  return RoutingPlan(expert, gate, valid, keep, slot)
+
+
+def gate_weights(gate: jax.Array, mode: str) -> jax.Array:
+  """How dispatched sessions are scaled so that the router learns (ModelConfig.gate_scaling).
+
+  "multiply": by the gate itself; "straight_through": by 1 in value with the gate's gradient (g / stop_grad(g));
+  "none": by 1 (the router then gets no gradient from the experts, only from the aux losses).
+  """
+  if mode == "multiply":
+    return gate
+  if mode == "straight_through":
+    return gate / jax.lax.stop_gradient(jnp.maximum(gate, 1e-9))
+  if mode == "none":
+    return jnp.ones_like(gate)
+  raise ValueError(f"ModelConfig.gate_scaling={mode!r}: expected 'multiply', 'straight_through' or 'none'")
+
+
+def balance_loss(probs: jax.Array, expert: jax.Array, session_mask: jax.Array) -> jax.Array:
+  """Switch-style load balance K * sum_e f_e * P_e over valid sessions (f: top-1 share, P: mean probability).
+
+  Equals 1 when routing is uniform; grows as sessions pile onto few themes.
+  """
+  k = probs.shape[-1]
+  m = session_mask.astype(jnp.float32)
+  n = jnp.maximum(jnp.sum(m), 1.0)
+  f = jnp.sum(jax.nn.one_hot(expert[..., 0], k) * m[..., None], axis=(0, 1)) / n
+  p = jnp.sum(probs * m[..., None], axis=(0, 1)) / n
+  return k * jnp.sum(f * p)
+
+
+def z_loss(logits: jax.Array, session_mask: jax.Array) -> jax.Array:
+  """Router z-loss: mean over valid sessions of logsumexp(logits)^2 (keeps logits small)."""
+  m = session_mask.astype(jnp.float32)
+  z = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)
+  return jnp.sum(z**2 * m) / jnp.maximum(jnp.sum(m), 1.0)

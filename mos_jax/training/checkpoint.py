@@ -1,0 +1,155 @@
+"""Orbax checkpoints in ``WORKDIR/checkpoints``: ``latest/`` (the last ``keep`` saves) and ``best/`` (best validation).
+
+Each checkpoint step holds four items:
+
+* ``state``: the ``TrainState`` (parameters, optimizer state, step, RNG stream state), unreplicated;
+* ``data``: the training iterator's state (JSON), so a resumed run sees exactly the batches it would have seen;
+* ``loop``: the loop's own state (best metric so far, evaluations without improvement, whether it stopped early);
+* ``config``: the full run config (JSON). A checkpoint whose model config differs from the current one is refused
+  before any array is read.
+
+Saves are asynchronous (the arrays are copied to the host before ``save`` returns); ``wait`` blocks until written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from mos_jax import config as config_lib
+
+ITEMS = ("state", "data", "loop", "config")
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint directory that cannot be used, with what to do about it."""
+
+
+def _options(keep: int, async_save: bool, create: bool) -> ocp.CheckpointManagerOptions:
+  kwargs: dict[str, Any] = dict(enable_async_checkpointing=async_save, create=create)
+  policies = getattr(ocp, "checkpoint_managers", None)
+  if hasattr(policies, "LatestN"):
+    kwargs["preservation_policy"] = policies.LatestN(n=keep)  # max_to_keep is deprecated in recent Orbax
+  else:
+    kwargs["max_to_keep"] = keep
+  return ocp.CheckpointManagerOptions(**kwargs)
+
+
+class Checkpoints:
+  """The ``latest`` and ``best`` checkpoint managers of one work directory."""
+
+  def __init__(self, workdir: str | pathlib.Path, *, keep: int = 2, async_save: bool = True, read_only: bool = False):
+    """``read_only``: open existing checkpoints only (eval.py); nothing is created and a missing directory is an error."""
+    self.root = pathlib.Path(workdir).expanduser().resolve() / "checkpoints"
+    if self.root.exists() and not self.root.is_dir():
+      raise CheckpointError(f"{self.root} exists but is not a directory; remove it or choose another --workdir")
+    if read_only and not self.root.is_dir():
+      raise CheckpointError(f"no checkpoints: {self.root} does not exist (was a run trained with this --workdir?)")
+    if keep < 1:
+      raise CheckpointError(f"config.train.keep must be >= 1, got {keep}")
+    self._managers: dict[str, ocp.CheckpointManager] = {}
+    for kind in ("latest", "best"):
+      path = self.root / kind
+      if read_only and not path.is_dir():
+        continue
+      try:
+        self._managers[kind] = ocp.CheckpointManager(path, options=_options(keep if kind == "latest" else 1,
+                                                                             async_save, not read_only))
+      except Exception as e:  # e.g. unreadable directory, garbage where step folders should be
+        raise CheckpointError(f"cannot open checkpoint directory {path}: {type(e).__name__}: {e}") from e
+
+  # --------------------------------------------------------------------------------------------------- queries
+
+  def steps(self, kind: str = "latest") -> list[int]:
+    m = self._managers.get(kind)
+    return sorted(m.all_steps()) if m is not None else []
+
+  def latest_step(self, kind: str = "latest") -> int | None:
+    steps = self.steps(kind)
+    return steps[-1] if steps else None
+
+  def _dir(self, kind: str, step: int) -> pathlib.Path:
+    return self.root / kind / str(step)
+
+  # --------------------------------------------------------------------------------------------------- save
+
+  def save(self, step: int, state: Any, *, data_state: Any, loop_state: dict[str, Any], cfg: config_lib.Config,
+           kind: str = "latest") -> None:
+    """Starts an (asynchronous) save of ``step``; a step that is already saved is left as it is."""
+    m = self._managers[kind]
+    if step in m.all_steps():
+      return
+    args = ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=ocp.args.JsonSave(data_state),
+        loop=ocp.args.JsonSave(loop_state),
+        config=ocp.args.JsonSave(config_lib.to_dict(cfg)),
+    )
+    m.save(step, args=args)
+
+  def wait(self) -> None:
+    for m in self._managers.values():
+      m.wait_until_finished()
+
+  def close(self) -> None:
+    for m in self._managers.values():
+      m.close()
+
+  # --------------------------------------------------------------------------------------------------- restore
+
+  def saved_config(self, step: int, kind: str = "latest") -> config_lib.Config:
+    """The config stored with a checkpoint (reads only that item)."""
+    where = self._dir(kind, step)
+    try:
+      raw = self._managers[kind].restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    except Exception as e:
+      raise CheckpointError(f"checkpoint {where} is unreadable ({type(e).__name__}: {e}); delete that step folder to "
+                            f"fall back to an earlier one, or train in a fresh --workdir") from e
+    try:
+      return config_lib.config_from_dict(raw)
+    except (config_lib.ConfigError, TypeError) as e:
+      raise CheckpointError(f"checkpoint {where} holds a config this version cannot read: {e}") from e
+
+  def check_compatible(self, step: int, cfg: config_lib.Config, kind: str = "latest") -> None:
+    """Refuses a checkpoint written by a different model config (the parameters would not fit or mean the same)."""
+    saved = self.saved_config(step, kind)
+    differences = config_lib.diff(saved.model, cfg.model, prefix="model.")
+    if differences:
+      lines = "\n  ".join(f"{d}  (checkpoint vs now)" for d in differences)
+      raise CheckpointError(
+          f"checkpoint {self._dir(kind, step)} was written by a different model config:\n  {lines}\n"
+          f"Use the config it was trained with, or a fresh --workdir for this model.")
+
+  def restore(self, step: int, abstract_state: Any, kind: str = "latest") -> tuple[Any, Any, dict[str, Any]]:
+    """(state, data_state, loop_state) of ``step``; ``abstract_state`` gives shapes, dtypes and shardings."""
+    where = self._dir(kind, step)
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
+                              loop=ocp.args.JsonRestore())
+    try:
+      out = self._managers[kind].restore(step, args=args)
+    except Exception as e:
+      raise CheckpointError(f"checkpoint {where} is unreadable or does not match this model "
+                            f"({type(e).__name__}: {str(e)[:500]}); delete that step folder to fall back to an "
+                            f"earlier one, or train in a fresh --workdir") from e
+    return out["state"], out["data"], out["loop"]
+
+
+def abstract_like(tree: Any, shardings: Any | None = None) -> Any:
+  """ShapeDtypeStructs of ``tree`` (with ``shardings`` where given) to restore into."""
+  if shardings is None:
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+@dataclasses.dataclass
+class LoopState:
+  """What the loop must remember across a restart besides the arrays and the data order."""
+
+  best_metric: float | None = None
+  best_step: int = -1
+  evals_without_improvement: int = 0
+  stopped_early: bool = False

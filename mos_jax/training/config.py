@@ -1,0 +1,46 @@
+"""Configuration of the training loop (owned by ``mos_jax.training``)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass
+class TrainConfig:
+  """Optimiser, schedule, parallelism, validation, checkpointing and logging."""
+
+  # Length of the run: num_steps wins when > 0, else num_epochs passes over the training split.
+  batch_size: int = 64
+  num_steps: int = 0
+  num_epochs: float = 1.0
+  # AdamW with linear warmup then decay to end_lr_ratio * learning_rate.
+  learning_rate: float = 1e-3
+  warmup_steps: int = 100
+  decay: str = "cosine"  # cosine | linear | constant
+  end_lr_ratio: float = 0.0
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  grad_clip_norm: float = 1.0  # global-norm clipping; 0 disables it
+  weight_decay: float = 1e-4
+  # Parameters whose path contains one of these names get no weight decay (biases, norms, embeddings).
+  no_decay: tuple[str, ...] = ("bias", "scale", "embedding", "pos_embed")
+  # Parallelism: 'mesh' = jax.jit on a (data, expert) device mesh; 'pmap' = jax.pmap data parallelism.
+  parallelism: str = "mesh"
+  mesh_data: int = -1  # devices on the data axis; -1 = all devices / mesh_expert
+  mesh_expert: int = 1  # devices on the expert axis (stacked expert parameters are split over it)
+  # Validation and early stopping.
+  eval_every: int = 500  # steps; 0 = only at the end
+  eval_batch_size: int = 256
+  eval_split: str = "valid"
+  eval_exclude_history: bool = False  # next-item: drop history items from the candidates (see docs/metrics.md)
+  early_stop_metric: str = "auto"  # auto = auc (ctr) or ndcg@10 (next); any key evaluate() returns
+  early_stop_mode: str = "auto"  # max | min | auto (min for loss-like metrics, else max)
+  patience: int = 0  # evaluations without improvement before stopping; 0 = never stop early
+  # Checkpoints in WORKDIR/checkpoints/{latest,best}.
+  checkpoint_every: int = 500  # steps; a checkpoint is also written at the end and on SIGTERM/SIGINT
+  keep: int = 2  # latest checkpoints kept (the best one is kept separately)
+  async_checkpoints: bool = True
+  # Logging.
+  log_every: int = 50  # steps between metrics.jsonl / TensorBoard records
+  progress_bar: bool = True

@@ -1,0 +1,209 @@
+"""The training loop: steps, logging, periodic validation, early stopping, checkpoints, resume and graceful stop.
+
+Re-running the same command resumes from the latest checkpoint: parameters, optimizer state, RNG stream state, the
+data iterator's position and the loop's early-stopping state all come back, so the run continues exactly as if it had
+never stopped. SIGTERM or SIGINT finish the current step, save a checkpoint, and return (a second SIGINT aborts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import signal
+import threading
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from mos_jax import config as config_lib
+from mos_jax.config import Config
+from mos_jax.evaluation import evaluate
+from mos_jax.training import checkpoint as ckpt_lib
+from mos_jax.training.metrics_log import MetricsLog
+from mos_jax.training.parallel import Executor
+from mos_jax.training.setup import build_run
+
+LOSS_LIKE = ("logloss", "loss")
+
+
+@dataclasses.dataclass
+class TrainResult:
+  status: str  # finished | early_stopped | interrupted | already_done
+  step: int
+  total_steps: int
+  best_metric: float | None
+  best_step: int
+  metric: str
+  last_eval: dict[str, float]
+  stop_signal: int | None = None  # the signal that interrupted the run
+
+
+class StopSignals:
+  """Turns SIGTERM/SIGINT into a flag the loop checks after each step (main thread only); a 2nd SIGINT aborts."""
+
+  def __init__(self):
+    self.signum: int | None = None
+    self._previous: dict[int, Any] = {}
+
+  def _handle(self, signum, frame):
+    if self.signum is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signum = signum
+
+  def __enter__(self) -> "StopSignals":
+    if threading.current_thread() is threading.main_thread():
+      for s in (signal.SIGTERM, signal.SIGINT):
+        self._previous[s] = signal.signal(s, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for s, h in self._previous.items():
+      signal.signal(s, h)
+
+
+def early_stop_metric(cfg: Config) -> tuple[str, str]:
+  """(metric name, 'max' | 'min') from the config; 'auto' picks AUC (CTR) or NDCG@10 (next-item)."""
+  t = cfg.train
+  name = t.early_stop_metric
+  if name == "auto":
+    name = "auc" if cfg.data.task == "ctr" else "ndcg@10"
+  mode = t.early_stop_mode
+  if mode == "auto":
+    mode = "min" if name in LOSS_LIKE else "max"
+  if mode not in ("max", "min"):
+    raise ValueError(f"config.train.early_stop_mode: expected max, min or auto, got {t.early_stop_mode!r}")
+  return name, mode
+
+
+def evaluate_split(executor: Executor, arrays: dict[str, np.ndarray], cfg: Config) -> dict[str, float]:
+  """Metrics of the executor's current parameters on a whole split (padded final batch, padding rows ignored)."""
+  from mos_jax import data as data_lib  # noqa: PLC0415
+
+  batches = data_lib.make_iterator(arrays, batch_size=cfg.train.eval_batch_size, seed=0, shuffle=False,
+                                   drop_remainder=False, pad_to_full=True, num_epochs=1)
+  return evaluate(executor.predict_fn(), batches, task=cfg.data.task,
+                  exclude_history=cfg.train.eval_exclude_history)
+
+
+def write_json_atomic(path: pathlib.Path, obj: Any) -> None:
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(json.dumps(obj, indent=2, allow_nan=True) + "\n", encoding="utf-8")
+  os.replace(tmp, path)
+
+
+def train(cfg: Config, *, on_step: Callable[[int], None] | None = None,
+          devices: list[jax.Device] | None = None) -> TrainResult:
+  """Trains (or resumes) the run described by ``cfg`` in ``cfg.workdir``; ``on_step(step)`` runs after each step."""
+  from mos_jax import data as data_lib  # noqa: PLC0415
+
+  run = build_run(cfg)
+  cfg, t, task = run.cfg, run.cfg.train, run.cfg.data.task
+  workdir = pathlib.Path(cfg.workdir).expanduser()
+  workdir.mkdir(parents=True, exist_ok=True)
+  metric, mode = early_stop_metric(cfg)
+  executor = Executor(t, run.graphdef, run.tx, run.schedule, task, run.state, devices)
+  ckpts = ckpt_lib.Checkpoints(workdir, keep=t.keep, async_save=t.async_checkpoints)
+  it = data_lib.make_iterator(run.dataset.split("train", task), batch_size=t.batch_size, seed=cfg.data.seed,
+                              shuffle=True, drop_remainder=True)
+  loop = ckpt_lib.LoopState()
+  start = ckpts.latest_step()
+  if start is not None:
+    try:
+      ckpts.check_compatible(start, cfg)
+      state, data_state, loop_dict = ckpts.restore(start, executor.abstract_state(run.state))
+    except Exception:
+      ckpts.close()
+      raise
+    executor.load(state)
+    try:
+      it.set_state(data_state)
+    except ValueError as e:  # e.g. another batch size: the saved data position means nothing now
+      ckpts.close()
+      raise ckpt_lib.CheckpointError(f"cannot resume {ckpts.root}: {e}; use the original data and batch settings "
+                                     f"or a fresh --workdir") from e
+    loop = ckpt_lib.LoopState(**loop_dict)
+    print(f"resuming {workdir} from step {start}")
+  write_json_atomic(workdir / "config.json", config_lib.to_dict(cfg))
+  step = start or 0
+  eval_arrays = run.dataset.split(t.eval_split, task)  # built once: packing the grids is not free
+  last_eval: dict[str, float] = {}
+  last_eval_step = -1
+
+  def save(kind: str = "latest") -> None:
+    ckpts.save(step, executor.saveable_state(), data_state=it.get_state(), loop_state=dataclasses.asdict(loop),
+               cfg=cfg, kind=kind)
+
+  def validate() -> None:
+    nonlocal last_eval, last_eval_step
+    res = evaluate_split(executor, eval_arrays, cfg)
+    log.write(step, t.eval_split, res)
+    if metric not in res:
+      raise ValueError(f"config.train.early_stop_metric={metric!r} is not among the {task} metrics {sorted(res)}")
+    value = float(res[metric])
+    best = loop.best_metric
+    better = not math.isnan(value) and (best is None or (value > best if mode == "max" else value < best))
+    if better:
+      loop.best_metric, loop.best_step, loop.evals_without_improvement = value, step, 0
+      save("best")
+    else:
+      loop.evals_without_improvement += 1
+      if t.patience > 0 and loop.evals_without_improvement >= t.patience:
+        loop.stopped_early = True
+    last_eval, last_eval_step = res, step
+    bar.write(f"step {step}: {t.eval_split} " + " ".join(f"{k}={v:.4f}" for k, v in res.items()
+                                                         if isinstance(v, float)))
+
+  if step >= run.total_steps or loop.stopped_early:
+    ckpts.close()
+    return TrainResult("already_done", step, run.total_steps, loop.best_metric, loop.best_step, metric, {})
+
+  log = MetricsLog(workdir, resume_step=start)
+  bar = tqdm(total=run.total_steps, initial=step, unit="step", disable=not t.progress_bar, dynamic_ncols=True)
+  status = "finished"
+  try:
+    with StopSignals() as stop:
+      t0, since = time.perf_counter(), 0
+      while step < run.total_steps and not loop.stopped_early:
+        metrics = executor.train_step(next(it))
+        step += 1
+        since += 1
+        bar.update(1)
+        if on_step is not None:
+          on_step(step)
+        if step % t.log_every == 0 or step == run.total_steps:
+          host = jax.device_get(metrics)  # waits for the step: the timing below is honest
+          dt = time.perf_counter() - t0
+          flat = log.write(step, "train", {**host, "examples_per_s": since * t.batch_size / dt})
+          bar.set_postfix(loss=f"{flat['loss']:.4f}", ex_s=f"{flat['examples_per_s']:.0f}")
+          t0, since = time.perf_counter(), 0
+        if t.eval_every > 0 and step % t.eval_every == 0:
+          validate()
+          t0, since = time.perf_counter(), 0
+        if stop.signum is not None and step < run.total_steps:
+          status = "interrupted"
+          save()
+          ckpts.wait()
+          bar.write(f"stopped by {signal.Signals(stop.signum).name} at step {step}; checkpoint saved in "
+                    f"{ckpts.root}. Re-run the same command to resume.")
+          break
+        if t.checkpoint_every > 0 and step % t.checkpoint_every == 0 and step < run.total_steps \
+            and not loop.stopped_early:
+          save()  # asynchronous; the final checkpoint is written below, after the final validation
+      if status != "interrupted":
+        if last_eval_step != step:
+          validate()  # the run's final validation (also decides the best checkpoint when eval_every = 0)
+        status = "early_stopped" if loop.stopped_early else "finished"
+        save()
+  finally:
+    ckpts.wait()
+    ckpts.close()
+    log.close()
+    bar.close()
+  return TrainResult(status, step, run.total_steps, loop.best_metric, loop.best_step, metric, last_eval,
+                     stop.signum if status == "interrupted" else None)

@@ -1,0 +1,100 @@
+"""Runs the train step and predictions in the configured parallel form: a (data, expert) mesh or pmap.
+
+Either way the checkpointed state is the same unreplicated ``TrainState``, so a run can resume under the other form.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+
+from mos_jax.training import sharding as sharding_lib
+from mos_jax.training import step as step_lib
+from mos_jax.training.config import TrainConfig
+
+PARALLELISMS = ("mesh", "pmap")
+
+
+class Executor:
+  """Holds the placed train state and the compiled step and prediction functions."""
+
+  def __init__(self, cfg: TrainConfig, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+               schedule: optax.Schedule, task: str, state: step_lib.TrainState,
+               devices: list[jax.Device] | None = None):
+    if cfg.parallelism not in PARALLELISMS:
+      raise ValueError(f"config.train.parallelism: expected one of {PARALLELISMS}, got {cfg.parallelism!r}")
+    self.mode = cfg.parallelism
+    self.graphdef = graphdef
+    devices = list(devices if devices is not None else jax.devices())
+    body = step_lib.make_train_step(graphdef, tx, schedule, task)
+
+    def predict(params, rest, batch):
+      return nnx.merge(graphdef, params, rest)(batch, deterministic=True).logits
+
+    if self.mode == "mesh":
+      self.mesh = sharding_lib.make_mesh(cfg, devices)
+      self.num_shards = self.mesh.shape[sharding_lib.DATA]
+      self.state_shardings = sharding_lib.tree_shardings(state, self.mesh)
+      self._batch_sharding = sharding_lib.batch_sharding(self.mesh)
+      replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+      self._step = step_lib.jit_train_step(body, self.state_shardings, replicated)
+      self._predict = jax.jit(predict)
+    else:
+      n = cfg.mesh_data if cfg.mesh_data > 0 else len(devices)
+      if n > len(devices):
+        raise ValueError(f"config.train.mesh_data={cfg.mesh_data} but only {len(devices)} device(s) are available")
+      self.devices = devices[:n]
+      self.num_shards = n
+      self.state_shardings = None
+      self._step = step_lib.pmap_train_step(step_lib.make_pmap_step(graphdef, tx, schedule, task),
+                                            devices=self.devices)
+      self._predict = jax.jit(predict)
+    sharding_lib.check_batch_size(cfg.batch_size, self.num_shards)
+    sharding_lib.check_batch_size(cfg.eval_batch_size, self.num_shards, "config.train.eval_batch_size")
+    self.state: Any = None
+    self.load(state)
+
+  # ------------------------------------------------------------------------------------------------ state
+
+  def abstract_state(self, state: step_lib.TrainState) -> Any:
+    """Restore target for Orbax: shapes, dtypes and (mesh) the shardings the state will live with."""
+    from mos_jax.training.checkpoint import abstract_like  # noqa: PLC0415
+
+    return abstract_like(state, self.state_shardings)
+
+  def load(self, state: step_lib.TrainState) -> None:
+    """Places an unreplicated state on the devices."""
+    if self.mode == "mesh":
+      self.state = jax.device_put(state, self.state_shardings)
+    else:
+      self.state = step_lib.replicate(state, self.devices)
+
+  def saveable_state(self) -> step_lib.TrainState:
+    """The unreplicated state (what checkpoints hold)."""
+    return self.state if self.mode == "mesh" else step_lib.unreplicate(self.state)
+
+  def step_count(self) -> int:
+    s = self.state.step
+    return int(np.asarray(s if self.mode == "mesh" else s[0]))
+
+  # ------------------------------------------------------------------------------------------------ compute
+
+  def train_step(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """One update on a host batch; returns the step's metrics (device arrays; not yet fetched)."""
+    if self.mode == "mesh":
+      self.state, metrics = self._step(self.state, sharding_lib.put_batch(batch, self._batch_sharding))
+      return metrics
+    self.state, metrics = self._step(self.state, step_lib.split_for_devices(batch, self.num_shards))
+    return jax.tree.map(lambda x: x[0], metrics)
+
+  def predict_fn(self) -> Callable[[dict[str, np.ndarray]], jax.Array]:
+    """``batch -> logits`` in evaluation mode with the current parameters."""
+    state = self.saveable_state()
+    if self.mode == "mesh":
+      return lambda batch: self._predict(state.params, state.rest,
+                                         sharding_lib.put_batch(batch, self._batch_sharding))
+    return lambda batch: self._predict(state.params, state.rest, batch)

@@ -1,0 +1,135 @@
+"""The pure train step: the NNX model is split once, and ``nnx.merge`` rebuilds it inside the compiled step.
+
+Two compiled forms of the same step:
+
+* ``jit_train_step``: ``jax.jit`` with donated state on a ``(data, expert)`` mesh (shardings come from the arguments;
+  the state keeps its shardings through ``out_shardings``).
+* ``pmap_train_step``: ``jax.pmap`` over the ``data`` axis on replicated state. The weighted loss is summed across
+  devices before dividing and the gradients are summed, so its loss and update equal the mesh path's for the same
+  global batch (up to float summation order) whenever the model's auxiliary loss and metrics are means over examples.
+
+Dropout masks come from the model's own RNG stream state (``TrainState.rest``), which is checkpointed; the pmap path
+replicates that state, so with dropout > 0 the two paths draw different (equally distributed) masks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from mos_jax.training import losses
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training (a pytree)."""
+
+  step: jax.Array  # int32 scalar: optimizer updates done
+  params: nnx.State  # nnx.Param variables
+  rest: nnx.State  # every other variable (RNG stream keys and counts, ...)
+  opt_state: optax.OptState
+
+
+def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+  """(graphdef, params, rest): the static structure and the two kinds of state."""
+  return nnx.split(model, nnx.Param, ...)
+
+
+def init_state(model: nnx.Module, tx: optax.GradientTransformation) -> tuple[nnx.GraphDef, TrainState]:
+  graphdef, params, rest = split_model(model)
+  return graphdef, TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params))
+
+
+def merge_model(graphdef: nnx.GraphDef, state: TrainState) -> nnx.Module:
+  return nnx.merge(graphdef, state.params, state.rest)
+
+
+def _forward(graphdef, params, rest, batch):
+  """Model forward in training mode; returns the output and the advanced non-parameter state."""
+  # copy=True: fresh Variables at this trace level (under jax.grad), so the RNG counts may advance here.
+  model = nnx.merge(graphdef, params, rest, copy=True)
+  out = model(batch, deterministic=False)
+  _, _, new_rest = split_model(model)
+  return out, new_rest
+
+
+def _finish(state: TrainState, tx, schedule, grads, new_rest, metrics: Metrics) -> tuple[TrainState, Metrics]:
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=jnp.asarray(schedule(state.step), jnp.float32))
+  return TrainState(step=state.step + 1, params=params, rest=new_rest, opt_state=opt_state), metrics
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedule: optax.Schedule, task: str
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+  """One optimizer update on one whole (global) batch; pure, not yet compiled."""
+
+  def objective(params, rest, batch):
+    out, new_rest = _forward(graphdef, params, rest, batch)
+    loss, task_loss = losses.total_loss(out.logits, out.aux_loss, batch, task)
+    return loss, (task_loss, out.aux_loss, dict(out.metrics), new_rest)
+
+  def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    grad_fn = jax.value_and_grad(objective, has_aux=True)
+    (loss, (task_loss, aux, routing, new_rest)), grads = grad_fn(state.params, state.rest, batch)
+    metrics = {"loss": loss, "task_loss": task_loss, "aux_loss": jnp.asarray(aux, jnp.float32), **routing}
+    return _finish(state, tx, schedule, grads, new_rest, metrics)
+
+  return step
+
+
+def make_pmap_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedule: optax.Schedule, task: str,
+                   axis: str = "data") -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+  """The per-device body of the pmap path (runs under ``jax.pmap(..., axis_name=axis)``)."""
+
+  def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    n_dev = jax.lax.psum(1, axis)
+    den = jax.lax.psum(jnp.sum(batch["weight"].astype(jnp.float32)), axis)  # weight of the whole global batch
+
+    def objective(params):
+      out, new_rest = _forward(graphdef, params, state.rest, batch)
+      num, _ = losses.weighted_sum(out.logits, batch, task)
+      # Summed over devices this is exactly the global objective: sum(w*l)/sum(w) + mean of the aux losses.
+      local = losses.safe_div(num, den) + out.aux_loss.astype(jnp.float32) / n_dev
+      return local, (num, out.aux_loss, dict(out.metrics), new_rest)
+
+    (_, (num, aux, routing, new_rest)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    grads = jax.lax.psum(grads, axis)
+    task_loss = losses.safe_div(jax.lax.psum(num, axis), den)
+    aux = jax.lax.pmean(jnp.asarray(aux, jnp.float32), axis)
+    metrics = {"loss": task_loss + aux, "task_loss": task_loss, "aux_loss": aux, **jax.lax.pmean(routing, axis)}
+    return _finish(state, tx, schedule, grads, new_rest, metrics)
+
+  return step
+
+
+def jit_train_step(step: Callable, state_shardings: Any, replicated: jax.sharding.Sharding) -> Callable:
+  """``jax.jit`` with the state donated; its shardings are kept on output, metrics are replicated."""
+  return jax.jit(step, donate_argnums=0, out_shardings=(state_shardings, replicated))
+
+
+def pmap_train_step(step: Callable, axis: str = "data", devices: list[jax.Device] | None = None) -> Callable:
+  return jax.pmap(step, axis_name=axis, donate_argnums=0, devices=devices)
+
+
+def replicate(tree: Any, devices: list[jax.Device]) -> Any:
+  """Copies of ``tree`` stacked on a new leading device axis, one per device (input for the pmap path)."""
+  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(devices, ("data",)), jax.sharding.PartitionSpec("data"))
+  return jax.tree.map(lambda x: jax.device_put(jnp.stack([x] * len(devices)), sharding), tree)
+
+
+def unreplicate(tree: Any) -> Any:
+  return jax.tree.map(lambda x: x[0], tree)
+
+
+def split_for_devices(batch: dict[str, Any], n: int) -> dict[str, Any]:
+  """``[B, ...]`` -> ``[n, B / n, ...]`` for the pmap path."""
+  return {k: v.reshape((n, v.shape[0] // n) + v.shape[1:]) for k, v in batch.items()}

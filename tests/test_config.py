@@ -1,0 +1,122 @@
+"""Config files, command-line overrides and their errors, and the JSON round trip used by checkpoints."""
+
+import dataclasses
+import json
+import pathlib
+
+import pytest
+
+from mos_jax import config as config_lib
+from mos_jax.config import Config, ConfigError, parse_command_line
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("*.py"))
+
+
+def test_default_is_mos_on_synthetic_ctr():
+  cfg = parse_command_line([])
+  assert (cfg.model.name, cfg.model.backbone, cfg.data.dataset, cfg.data.task) == ("mos", "sasrec", "synthetic", "ctr")
+  assert cfg.workdir == "runs/default"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_every_config_file_loads_and_round_trips(path):
+  cfg = config_lib.load_config_file(path)
+  assert isinstance(cfg, Config)
+  back = config_lib.config_from_dict(json.loads(json.dumps(config_lib.to_dict(cfg))))
+  assert back == cfg
+
+
+def test_variants_differ_from_default_only_where_intended():
+  default = config_lib.load_config_file(REPO / "configs" / "default.py")
+  backbone = config_lib.load_config_file(REPO / "configs" / "backbone.py")
+  gshard = config_lib.load_config_file(REPO / "configs" / "gshard.py")
+  assert sorted(config_lib.diff(default, backbone)) == ["model.name: 'mos' vs 'backbone'",
+                                                        "workdir: 'runs/default' vs 'runs/backbone'"]
+  assert "model.name: 'mos' vs 'gshard'" in config_lib.diff(default, gshard)
+
+
+def test_real_data_configs_point_at_shared_data_and_take_one_flag():
+  for name, folder, task in [("taobao_ctr", "taobao-userbehavior-head", "ctr"),
+                             ("taobao_next", "taobao-userbehavior-head", "next"),
+                             ("movielens_ctr", "ml-100k", "ctr"), ("movielens_next", "ml-100k", "next")]:
+    cfg = parse_command_line([f"--config=configs/{name}.py"])
+    assert pathlib.Path(cfg.data.data_dir) == REPO.parent / "shared" / "data" / folder
+    assert cfg.data.task == task
+    cfg = parse_command_line([f"--config=configs/{name}.py", "--config.data.data_dir=/elsewhere"])
+    assert cfg.data.data_dir == "/elsewhere"
+
+
+def test_overrides_are_typed_by_the_dataclass_fields():
+  cfg = parse_command_line([
+      "--config=configs/default.py", "--config.train.batch_size=256", "--config.model.num_themes=8",
+      "--config.train.learning_rate=3e-4", "--config.model.use_short_expert=false", "--config.model.router=prototype",
+      "--config.data.synthetic.sessions_per_user=3,9", "--config.train.no_decay=bias,embedding",
+      "--workdir=/tmp/x", "--config.seed=7"])
+  assert cfg.train.batch_size == 256 and isinstance(cfg.train.batch_size, int)
+  assert cfg.model.num_themes == 8
+  assert cfg.train.learning_rate == pytest.approx(3e-4) and isinstance(cfg.train.learning_rate, float)
+  assert cfg.model.use_short_expert is False
+  assert cfg.model.router == "prototype"
+  assert cfg.data.synthetic.sessions_per_user == (3, 9)
+  assert cfg.train.no_decay == ("bias", "embedding")
+  assert cfg.workdir == "/tmp/x" and cfg.seed == 7
+  assert parse_command_line(["--config.data.hard_neg_frac=0.3"]).data.hard_neg_frac == 0.3  # float | None
+  assert parse_command_line(["--config.data.hard_neg_frac=none"]).data.hard_neg_frac is None
+
+
+def test_later_overrides_win_and_config_file_applies_first():
+  cfg = parse_command_line(["--config.train.batch_size=8", "--config=configs/backbone.py",
+                            "--config.train.batch_size=16"])
+  assert cfg.model.name == "backbone" and cfg.train.batch_size == 16
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--config.train.batchsize=3"], "unknown field config.train.batchsize"),
+    (["--config.nope=3"], "unknown field config.nope"),
+    (["--config.train.batch_size=abc"], "config.train.batch_size (int): expected an int, got 'abc'"),
+    (["--config.train.batch_size=1.5"], "expected an int, got '1.5'"),
+    (["--config.train.learning_rate=fast"], "config.train.learning_rate (float): expected a float"),
+    (["--config.model.use_theme_experts=maybe"], "config.model.use_theme_experts (bool): expected a bool"),
+    (["--config.data.synthetic.sessions_per_user=1,2,3"], "expected 2 comma-separated values"),
+    (["--config.model=3"], "config.model is a group of fields"),
+    (["--config.train.batch_size.x=3"], "config.train.batch_size is a value"),
+    (["--config=configs/missing.py"], "no such config file"),
+    (["--batch_size=3"], "unknown flag --batch_size"),
+    (["positional"], "expected --config=FILE"),
+])
+def test_bad_flags_name_the_field_and_expected_type(argv, message):
+  with pytest.raises(ConfigError) as e:
+    parse_command_line(argv)
+  assert message in str(e.value)
+  assert argv[0] in str(e.value)  # the offending flag is quoted back
+
+
+def test_config_file_without_get_config_is_refused(tmp_path):
+  bad = tmp_path / "bad.py"
+  bad.write_text("x = 1\n")
+  with pytest.raises(ConfigError, match="defines no get_config"):
+    config_lib.load_config_file(bad)
+  bad.write_text("def get_config():\n  return {}\n")
+  with pytest.raises(ConfigError, match="returned dict, expected mos_jax.config.Config"):
+    config_lib.load_config_file(bad)
+  bad.write_text("def get_config(:\n")
+  with pytest.raises(ConfigError, match="could not import"):
+    config_lib.load_config_file(bad)
+
+
+def test_from_dict_rejects_unknown_and_mistyped_fields():
+  d = config_lib.to_dict(Config())
+  d["model"]["mystery"] = 1
+  with pytest.raises(ConfigError, match=r"config.model: unknown fields \['mystery'\]"):
+    config_lib.config_from_dict(d)
+  d = config_lib.to_dict(Config())
+  d["train"]["batch_size"] = "big"
+  with pytest.raises(ConfigError, match="config.train.batch_size: expected int"):
+    config_lib.config_from_dict(d)
+
+
+def test_diff_lists_nested_differences():
+  a, b = Config(), Config()
+  b = dataclasses.replace(b, model=dataclasses.replace(b.model, num_themes=8))
+  assert config_lib.diff(a.model, b.model, prefix="model.") == ["model.num_themes: 4 vs 8"]

@@ -1,0 +1,239 @@
+"""MoS against a plain loop over users and experts (forward and gradient), and its invariances and switches."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from mos_jax.models import ModelConfig, build_encoder, build_model
+from mos_jax.models.router import session_summary
+
+B, S, T, K = 2, 4, 2, 3
+BASE = ModelConfig(name="mos", num_items=12, num_cats=4, num_sessions=S, session_len=T, embed_dim=8, hidden_dim=8,
+                   num_heads=2, num_themes=K, dropout=0.0, head_hidden=8, short_sessions=2)
+CONFIGS = {  # small capacities so that sessions are dropped
+  "sasrec_ctr_top2_einsum": dataclasses.replace(BASE, top_k=2, capacity_factor=0.75, dispatch="einsum"),
+  "gru_next_top1_gather_proto": dataclasses.replace(BASE, backbone="gru4rec", task="next", top_k=1,
+                                                    capacity_factor=0.75, dispatch="gather", router="prototype",
+                                                    router_temperature=0.1),
+}
+
+
+def make_batch(seed, b=B, s=S, t=T):
+  rng = np.random.default_rng(seed)
+  items = rng.integers(1, 13, (b, s, t)).astype(np.int32)
+  items[:, :, -1] *= rng.random((b, s)) < 0.5  # some sessions end early (padding items at the end)
+  items[0, 0] = 0  # user 0 has a padding session at the front
+  items[1, :2] = 0  # user 1 has two
+  return dict(items=items, cats=(items % 4 + 1) * (items > 0), target_item=rng.integers(1, 13, b).astype(np.int32),
+              target_cat=rng.integers(1, 5, b).astype(np.int32), label=(rng.random(b) < 0.5).astype(np.float32),
+              session_theme=np.where(items[:, :, 0] > 0, items[:, :, 0] % K, -1).astype(np.int32))
+
+
+BATCH = make_batch(0)
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def built(request):
+  cfg = CONFIGS[request.param]
+  model = build_model(cfg, rngs=nnx.Rngs(0))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  traces = []  # one entry per trace: shapes that depend on data would retrace
+
+  def forward(p, r, batch):
+    traces.append(jax.tree.map(jnp.shape, batch))
+    return nnx.merge(graphdef, p, r)(batch, deterministic=True)
+
+  fwd = jax.jit(forward)
+  fwd.traces = traces
+  return cfg, model, graphdef, params, rest, fwd
+
+
+def loop_plan(probs, smask, cfg, cap):
+  """Plain-loop routing: for each user, {theme: [(session, choice rank)] in time order} (drop oldest, choice prio)."""
+  plans = []
+  for b in range(probs.shape[0]):
+    real = [s for s in range(probs.shape[1]) if smask[b, s]]
+    choices = {s: list(np.argsort(-probs[b, s], kind="stable")[:cfg.top_k]) for s in real}
+    count, kept = [0] * K, {e: [] for e in range(K)}
+    for j in range(cfg.top_k):
+      for s in sorted(choices, reverse=True):  # most recent first within a choice rank
+        e = choices[s][j]
+        if count[e] < cap:
+          count[e] += 1
+          kept[e].append(s)
+    plans.append({e: sorted(v) for e, v in kept.items()})
+  return plans
+
+
+def loop_forward(model, batch, plans, cfg, cap, single_def):
+  """MoS with the theme experts run one user and one theme at a time (sliced stacked parameters, gate-scaled
+  sessions concatenated in time order); the global/short experts, fusion and head are the model's own modules."""
+  stacked = nnx.state(model.theme_experts)
+  experts = [nnx.merge(single_def, jax.tree.map(lambda a: a[e], stacked)) for e in range(K)]
+  x, mask, target = model.embedder.embed_batch(batch)
+  b_, d = x.shape[0], x.shape[-1]
+  smask = jnp.any(mask, -1)
+  probs = jax.nn.softmax(model.router(session_summary(x, mask), smask), -1)
+  tgt = target if cfg.task == "ctr" else None
+  hs = [model.global_expert(x.reshape(b_, S * T, d), mask.reshape(b_, S * T), tgt, deterministic=True),
+        model.short_expert(x[:, -2:].reshape(b_, 2 * T, d), mask[:, -2:].reshape(b_, 2 * T), tgt, deterministic=True)]
+  avail = [jnp.any(smask, 1), jnp.any(smask[:, -2:], 1)]
+  for e in range(K):
+    h_e = []
+    for b in range(b_):
+      seq = [x[b, s] * probs[b, s, e] for s in plans[b][e]]
+      msk = [mask[b, s] for s in plans[b][e]]
+      pad = cap - len(seq)
+      seq = jnp.concatenate(seq + [jnp.zeros((T, d), x.dtype)] * pad, 0)[None]
+      msk = jnp.concatenate(msk + [jnp.zeros((T,), bool)] * pad, 0)[None]
+      h_e.append(experts[e](seq, msk, None if tgt is None else tgt[b:b + 1], deterministic=True))
+    hs.append(jnp.concatenate(h_e, 0))
+    avail.append(jnp.array([bool(plans[b][e]) for b in range(b_)]))
+  u, _ = model.fusion(jnp.stack(hs, 1), jnp.stack(avail, 1), tgt)
+  return model.head(u, target, model.embedder.item_table, deterministic=True)
+
+
+def test_matches_loop_forward_and_grad(built):
+  cfg, model, graphdef, params, rest, fwd = built
+  cap = model.capacity
+  x, mask, _ = model.embedder.embed_batch(BATCH)
+  smask = np.asarray(jnp.any(mask, -1))
+  probs = np.asarray(jax.nn.softmax(model.router(session_summary(x, mask), jnp.array(smask)), -1))
+  plans = loop_plan(probs, smask, cfg, cap)
+  out = fwd(params, rest, BATCH)
+  n_valid = smask.sum() * cfg.top_k
+  n_kept = sum(len(v) for p in plans for v in p.values())
+  assert n_kept < n_valid  # the test exercises dropping
+  np.testing.assert_allclose(out.metrics["dropped_fraction"], 1 - n_kept / n_valid, rtol=1e-6)
+  np.testing.assert_allclose(out.metrics["theme_sessions"], [np.mean([len(p[e]) for p in plans]) for e in range(K)])
+  cot = jnp.array(np.random.default_rng(1).normal(size=out.logits.shape), jnp.float32)
+  if cfg.task == "next":
+    cot = cot.at[:, 0].set(0.0)
+  fast = lambda p: jnp.sum(nnx.merge(graphdef, p, rest)(BATCH, deterministic=True).logits * cot)  # noqa: E731
+  single_def = nnx.graphdef(build_encoder(cfg, max_len=cap * T, rngs=nnx.Rngs(0)))
+  def ref(p):
+    return jnp.sum(loop_forward(nnx.merge(graphdef, p, rest), BATCH, plans, cfg, cap, single_def) * cot)
+  (vf, gf), (vr, gr) = (jax.jit(jax.value_and_grad(f))(params) for f in (fast, ref))
+  np.testing.assert_allclose(vf, vr, rtol=1e-5, atol=1e-5)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(gf), jax.tree.leaves(gr)):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6, err_msg=jax.tree_util.keystr(path))
+  # The router learns through the gate scaling of dispatched sessions.
+  assert any(np.abs(a).max() > 0 for a in jax.tree.leaves(gf["router"]))
+
+
+def test_jit_matches_eager_and_shapes_never_depend_on_data(built):
+  cfg, model, _, params, rest, fwd = built
+  jitted = fwd(params, rest, BATCH)
+  if cfg.backbone == "gru4rec":  # eager runs op by op (slow to start): once is enough
+    eager = model(BATCH, deterministic=True)
+    np.testing.assert_allclose(jitted.logits, eager.logits, rtol=1e-5, atol=1e-5)
+    for k in eager.metrics:
+      np.testing.assert_allclose(jitted.metrics[k], eager.metrics[k], rtol=1e-5, atol=1e-6)
+  n_traces = len(fwd.traces)
+  other = fwd(params, rest, make_batch(7))  # different data, same shapes: no new trace, same output shapes
+  assert len(fwd.traces) == n_traces and other.logits.shape == jitted.logits.shape
+  assert not np.allclose(other.logits, jitted.logits)
+  expected = (B,) if cfg.task == "ctr" else (B, cfg.num_items + 1)
+  assert jitted.logits.shape == expected and jitted.logits.dtype == jnp.float32
+  if cfg.task == "next":
+    assert np.all(np.asarray(jitted.logits[:, 0]) == -1e9)
+  names = {"dropped_fraction", "expert_usage", "router_entropy", "theme_sessions", "fusion_weights"}
+  assert names <= set(jitted.metrics)
+  assert jitted.metrics["fusion_weights"].shape == (2 + K,)
+  np.testing.assert_allclose(jitted.aux_loss, cfg.balance_loss_weight * jitted.metrics["balance_loss"]
+                             + cfg.z_loss_weight * jitted.metrics["z_loss"], rtol=1e-6)
+
+
+def test_padding_changes_nothing(built):
+  cfg, _, _, params, rest, fwd = built
+  base = fwd(params, rest, BATCH)
+  padded = dict(BATCH)
+  pad_s = lambda a, fill: np.concatenate([np.full_like(a[:, :1], fill), a], 1)  # noqa: E731
+  pad_t = lambda a: np.concatenate([a, np.zeros_like(a[:, :, :1])], 2)  # noqa: E731
+  padded["items"], padded["cats"] = (pad_t(pad_s(BATCH[k], 0)) for k in ("items", "cats"))
+  padded["session_theme"] = pad_s(BATCH["session_theme"], -1)
+  out = fwd(params, rest, padded)  # [B, S+1, T+1]: one more padding session in front, one padding item per session
+  np.testing.assert_allclose(out.logits, base.logits, rtol=1e-5, atol=1e-5)
+  for k in ("dropped_fraction", "theme_sessions", "expert_usage", "router_entropy"):
+    np.testing.assert_allclose(out.metrics[k], base.metrics[k], rtol=1e-5, atol=1e-6)
+
+
+def test_einsum_and_gather_models_agree(built):
+  cfg, _, _, params, rest, fwd = built
+  other = "gather" if cfg.dispatch == "einsum" else "einsum"
+  model = build_model(dataclasses.replace(cfg, dispatch=other), rngs=nnx.Rngs(0))  # same seed: same parameters
+  graphdef2, params2, rest2 = nnx.split(model, nnx.Param, ...)
+  a = fwd(params, rest, BATCH)
+  b = jax.jit(lambda p, r: nnx.merge(graphdef2, p, r)(BATCH, deterministic=True))(params2, rest2)
+  # Buffers are bit-identical (test_models_routing); downstream XLA fusion may differ by an ulp.
+  np.testing.assert_allclose(a.logits, b.logits, rtol=1e-6, atol=1e-6)
+  for k in a.metrics:
+    np.testing.assert_allclose(a.metrics[k], b.metrics[k], rtol=1e-6, atol=1e-7)
+
+
+def test_route_by_label():
+  cfg = dataclasses.replace(BASE, backbone="gru4rec", route_by="label", capacity_factor=2.0)  # C = 3: no drops
+  model = build_model(cfg, rngs=nnx.Rngs(0))
+  assert model.router is None
+  x, mask, _ = model.embedder.embed_batch(BATCH)
+  plan, aux, metrics = model.route(x, mask, BATCH)
+  labels = BATCH["session_theme"]
+  for b in range(B):
+    for s in range(S):
+      assert bool(plan.keep[b, s, 0]) == (labels[b, s] >= 0)
+      if labels[b, s] >= 0:
+        assert int(plan.expert[b, s, 0]) == labels[b, s]
+        assert int(plan.slot[b, s, 0]) == np.sum(labels[b, :s] == labels[b, s])  # chronological slot
+  np.testing.assert_allclose(metrics["theme_sessions"], [np.mean(np.sum(labels == e, 1)) for e in range(K)])
+  assert float(aux) == 0.0 and float(metrics["unrouted_fraction"]) == 0.0
+  out = model(BATCH, deterministic=True)
+  assert out.logits.shape == (B,) and np.all(np.isfinite(out.logits))
+  with pytest.raises(KeyError, match="session_theme"):
+    model({k: v for k, v in BATCH.items() if k != "session_theme"}, deterministic=True)
+
+
+@pytest.mark.parametrize("switches, experts", [
+  (dict(use_theme_experts=False), 2), (dict(use_global_expert=False, use_short_expert=False), K),
+  (dict(use_short_expert=False, fusion="mean", router_mlp=True, gate_scaling="straight_through"), 1 + K)])
+def test_expert_switches(switches, experts):
+  model = build_model(dataclasses.replace(BASE, backbone="gru4rec", **switches), rngs=nnx.Rngs(0))
+  out = model(BATCH, deterministic=True)
+  assert out.metrics["fusion_weights"].shape == (experts,)
+  assert np.all(np.isfinite(out.logits))
+  assert (model.theme_experts is None) == (not switches.get("use_theme_experts", True))
+
+
+def test_config_errors_and_dispatch(monkeypatch):
+  with pytest.raises(ValueError, match="use_theme_experts"):
+    build_model(dataclasses.replace(BASE, use_theme_experts=False, use_global_expert=False, use_short_expert=False),
+                rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="ModelConfig.name='nope'"):
+    build_model(dataclasses.replace(BASE, name="nope"), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="ModelConfig.num_heads=3"):
+    build_model(dataclasses.replace(BASE, num_heads=3), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="ModelConfig.top_k=3"):
+    build_model(dataclasses.replace(BASE, top_k=3), rngs=nnx.Rngs(0))
+  # MoE names go to mos_jax.models.moe.build_moe_model, imported lazily.
+  import mos_jax.models as models_pkg  # noqa: PLC0415
+  import sys  # noqa: PLC0415
+  import types  # noqa: PLC0415
+
+  fake = types.ModuleType("mos_jax.models.moe")
+  fake.build_moe_model = lambda cfg, *, rngs: ("moe", cfg.name)
+  monkeypatch.setitem(sys.modules, "mos_jax.models.moe", fake)
+  monkeypatch.setattr(models_pkg, "moe", fake, raising=False)
+  for name in ("gshard", "expert_choice", "dselect_k"):
+    assert build_model(dataclasses.replace(BASE, name=name), rngs=nnx.Rngs(0)) == ("moe", name)
+
+
+def test_bfloat16_runs():
+  model = build_model(dataclasses.replace(BASE, dtype="bfloat16", top_k=2), rngs=nnx.Rngs(0))
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  graphdef, state = nnx.split(model)
+  out = jax.jit(lambda st, batch: nnx.merge(graphdef, st)(batch, deterministic=True))(state, BATCH)
+  assert out.logits.dtype == jnp.float32 and out.aux_loss.dtype == jnp.float32
+  assert np.all(np.isfinite(out.logits)) and np.isfinite(float(out.aux_loss))
