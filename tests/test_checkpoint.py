@@ -175,3 +175,10 @@ def test_eval_script_restores_best_and_writes_json(uninterrupted, capsys):
   assert report["checkpoint"] == "best" and report["split"] == "test"
   assert 0.0 <= report["metrics"]["auc"] <= 1.0 and report["metrics"]["num_examples"] > 0
   assert not list(uninterrupted.glob("*.tmp"))
+  # On the validation split eval.py reproduces exactly what the loop measured at the best step.
+  assert eval_script.main([f"--workdir={uninterrupted}", "--split=valid"]) == 0
+  valid = json.loads((uninterrupted / "eval_valid.json").read_text())
+  at_best = [r for r in train_records(uninterrupted) if r["split"] == "valid" and r["step"] == valid["step"]]
+  assert len(at_best) == 1
+  for k in ("logloss", "auc", "gauc"):
+    assert valid["metrics"][k] == pytest.approx(at_best[0][k], rel=1e-6), k  # 1 vs 2 devices: float32 sums

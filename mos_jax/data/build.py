@@ -21,7 +21,9 @@ from mos_jax.data.config import DataConfig
 from mos_jax.data.events import EventTable, build_events
 from mos_jax.data.readers import DataError
 
-FORMAT_VERSION = 1
+# Bump whenever the prepared arrays change for the same options (format, readers, the synthetic generator):
+# it is part of the fingerprint, so stale cached copies are never reused.
+FORMAT_VERSION = 2
 _NOT_IN_FINGERPRINT = ("cache_dir", "task")  # preparing writes both tasks
 
 
