@@ -43,4 +43,4 @@ class TrainConfig:
   async_checkpoints: bool = True
   # Logging.
   log_every: int = 50  # steps between metrics.jsonl / TensorBoard records
-  progress_bar: bool = True
+  progress_bar: bool = True  # shown only when stderr is a terminal

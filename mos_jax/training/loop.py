@@ -164,7 +164,9 @@ def train(cfg: Config, *, on_step: Callable[[int], None] | None = None,
     return TrainResult("already_done", step, run.total_steps, loop.best_metric, loop.best_step, metric, {})
 
   log = MetricsLog(workdir, resume_step=start)
-  bar = tqdm(total=run.total_steps, initial=step, unit="step", disable=not t.progress_bar, dynamic_ncols=True)
+  # disable=None: tqdm turns itself off when stderr is not a terminal (CI logs, files).
+  bar = tqdm(total=run.total_steps, initial=step, unit="step", disable=None if t.progress_bar else True,
+             dynamic_ncols=True)
   status = "finished"
   try:
     with StopSignals() as stop:
