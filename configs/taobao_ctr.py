@@ -1,4 +1,5 @@
-"""MoS-SASRec on the Taobao UserBehavior head, CTR task (clicks vs sampled negatives; AUC, GAUC, logloss).
+"""MoS-SASRec on the Taobao UserBehavior head, CTR task (next interaction of any behaviour — pv, cart, fav,
+buy — vs sampled negatives; AUC, GAUC, logloss).
 
 The data folder is one flag: ``--config.data.data_dir=/path/to/taobao-userbehavior-head`` (default: ../shared/data/taobao-userbehavior-head beside the
 repo root).

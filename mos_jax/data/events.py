@@ -94,7 +94,8 @@ def build_events(df: pd.DataFrame, *, min_user_events: int, kcore: int, source: 
   order = np.lexsort((t, uid))  # stable: equal timestamps keep input order
   uid, iid, cid, t, bcode = uid[order], iid[order], cid[order], t[order], bcode[order]
   item_cat = np.zeros(len(item_ids), np.int32)
-  item_cat[iid] = cid  # numpy keeps the last write: the item's latest category
+  last = len(iid) - 1 - np.unique(iid[::-1], return_index=True)[1]  # each item's latest event
+  item_cat[iid[last]] = cid[last]  # the item's latest category
   events = EventTable(user=uid, item=iid, cat=cid, time=t, behavior=bcode.astype(np.int8),
                       theme=np.full(len(uid), -1, np.int32), candidate=np.ones(len(uid), bool),
                       item_cat=item_cat, item_group=item_cat.copy(), user_ids=user_ids, item_ids=item_ids,

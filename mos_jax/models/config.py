@@ -1,6 +1,6 @@
 """Configuration of the models (owned by ``mos_jax.models``).
 
-Every reconstructed choice of the MoS forward pass (DESIGN.md section 3) is a switch here with a documented default;
+Every reconstructed choice of the MoS forward pass (docs/model.md) is a switch here with a documented default;
 docs/model.md lists them with the reasoning behind each default.
 """
 

@@ -1,4 +1,4 @@
-"""Dispatch of sessions into theme buffers, two ways behind one interface (DESIGN.md §3.5).
+"""Dispatch of sessions into theme buffers, two ways behind one interface (docs/model.md).
 
     dispatch(x[B,S,...], mask[B,S,...], plan, *, num_themes, capacity, weights[B,S,k], method)
       -> (buffers[B,K,C,...] = weight * x of the session in each slot (0 for empty slots), buffer_mask[B,K,C,...])

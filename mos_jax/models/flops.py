@@ -150,9 +150,4 @@ def count_flops(cfg: ModelConfig, *, batch_size: int = 256) -> dict[str, float]:
                    "('mos', 'backbone', 'gshard', 'expert_choice', 'dselect_k')")
 
 
-def flops_ratio(cfg_a: ModelConfig, cfg_b: ModelConfig, key: str = "total") -> float:
-  """count_flops(cfg_a)[key] / count_flops(cfg_b)[key] (e.g. MoS vs GShard model FLOPs)."""
-  return count_flops(cfg_a)[key] / count_flops(cfg_b)[key]
-
-
-__all__ = ["ENCODER_FLOPS", "count_flops", "encoder_flops", "flops_ratio", "head_flops"]
+__all__ = ["ENCODER_FLOPS", "count_flops", "encoder_flops", "head_flops"]

@@ -1,6 +1,6 @@
 """MoS: theme-aware session routing + multi-scale experts (global, short-term, K theme experts) + fusion.
 
-Forward pass (DESIGN.md §3; every reconstructed choice is a ModelConfig switch, listed in docs/model.md):
+Forward pass (docs/model.md; every reconstructed choice is a ModelConfig switch, listed in docs/model.md):
 
     batch -> Embedder -> x[B,S,T,D], mask[B,S,T]
       global expert:      encoder(x as [B,S*T,D])                                   -> h_g[B,H]

@@ -1,4 +1,4 @@
-"""Theme router of MoS (DESIGN.md §3.2–3.3): session summaries -> float32 logits over K themes."""
+"""Theme router of MoS (docs/model.md): session summaries -> float32 logits over K themes."""
 
 from __future__ import annotations
 

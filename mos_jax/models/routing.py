@@ -1,4 +1,4 @@
-"""Routing math of MoS on static shapes: capacity, top-k choice, priority, chronological slots (DESIGN.md §3.4).
+"""Routing math of MoS on static shapes: capacity, top-k choice, priority, chronological slots (docs/model.md).
 
 Routing groups are per user: each row b routes its own S sessions to K theme buffers of C slots.
 Everything here is a pure function of arrays, so it is tested on exact small arrays against a Python loop.

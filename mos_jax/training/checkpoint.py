@@ -115,13 +115,17 @@ class Checkpoints:
       raise CheckpointError(f"checkpoint {where} holds a config this version cannot read: {e}") from e
 
   def check_compatible(self, step: int, cfg: config_lib.Config, kind: str = "latest") -> None:
-    """Refuses a checkpoint written by a different model config (the parameters would not fit or mean the same)."""
+    """Refuses a checkpoint written by a different model or data config: the parameters would not fit or mean the
+    same, or the resumed run would silently read other examples. (Where prepared copies live does not matter.)"""
     saved = self.saved_config(step, kind)
     differences = config_lib.diff(saved.model, cfg.model, prefix="model.")
+    differences += [d for d in config_lib.diff(saved.data, cfg.data, prefix="data.")
+                    if not d.startswith("data.cache_dir:")]
     if differences:
       lines = "\n  ".join(f"{d}  (checkpoint vs now)" for d in differences)
+      what = "model" if all(d.startswith("model.") for d in differences) else "model or data"
       raise CheckpointError(
-          f"checkpoint {self._dir(kind, step)} was written by a different model config:\n  {lines}\n"
+          f"checkpoint {self._dir(kind, step)} was written by a different {what} config:\n  {lines}\n"
           f"Use the config it was trained with, or a fresh --workdir for this model.")
 
   def restore(self, step: int, abstract_state: Any, kind: str = "latest") -> tuple[Any, Any, dict[str, Any]]:

@@ -24,7 +24,7 @@ class TrainConfig:
   grad_clip_norm: float = 1.0  # global-norm clipping; 0 disables it
   weight_decay: float = 1e-4
   # Parameters whose path contains one of these names get no weight decay (biases, norms, embeddings).
-  no_decay: tuple[str, ...] = ("bias", "scale", "embedding", "pos_embed")
+  no_decay: tuple[str, ...] = ("bias", "scale", "embedding")
   # Parallelism: 'mesh' = jax.jit on a (data, expert) device mesh; 'pmap' = jax.pmap data parallelism.
   parallelism: str = "mesh"
   mesh_data: int = -1  # devices on the data axis; -1 = all devices / mesh_expert

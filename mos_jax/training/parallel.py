@@ -77,10 +77,6 @@ class Executor:
     """The unreplicated state (what checkpoints hold)."""
     return self.state if self.mode == "mesh" else step_lib.unreplicate(self.state)
 
-  def step_count(self) -> int:
-    s = self.state.step
-    return int(np.asarray(s if self.mode == "mesh" else s[0]))
-
   # ------------------------------------------------------------------------------------------------ compute
 
   def train_step(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:

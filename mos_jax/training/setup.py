@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pathlib
 from typing import Any
 
 import optax
@@ -61,6 +62,8 @@ def build_run(cfg: Config) -> Run:
 
   if cfg.data.task not in ("ctr", "next"):
     raise ValueError(f"config.data.task: expected 'ctr' or 'next', got {cfg.data.task!r}")
+  if cfg.data.data_dir:  # saved absolute, so eval.py and resumes find the same files from any working directory
+    cfg.data.data_dir = str(pathlib.Path(cfg.data.data_dir).expanduser().resolve())
   dataset = data_lib.load_prepared(data_lib.prepare_dataset(cfg.data))
   fill_model_config(cfg, dataset.meta)
   num_train = int(len(dataset.split("train", cfg.data.task)["label"]))

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mos_jax.models import routing
+
 _F32 = jnp.float32
 
 
@@ -46,10 +48,8 @@ def capacity(num_tokens: int, num_experts: int, capacity_factor: float, k: int =
 
 
 def router_z_loss(logits: jax.Array, valid: jax.Array) -> jax.Array:
-  """ST-MoE z-loss: mean over valid examples of logsumexp(logits)^2 (keeps router logits small)."""
-  z = jax.nn.logsumexp(logits.astype(_F32), axis=-1)  # [B]
-  v = valid.astype(_F32)
-  return jnp.sum(v * z * z) / jnp.maximum(jnp.sum(v), 1.0)
+  """ST-MoE z-loss: mean over valid examples of logsumexp(logits)^2; the same rule as MoS's session router."""
+  return routing.z_loss(logits, valid)
 
 
 def load_balance_loss(probs: jax.Array, top1: jax.Array, valid: jax.Array) -> jax.Array:
