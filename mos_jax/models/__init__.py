@@ -9,15 +9,13 @@ from __future__ import annotations
 from flax import nnx
 
 from mos_jax.models.backbone_model import BackboneModel
-from mos_jax.models.config import ModelConfig, MoEConfig
+from mos_jax.models.config import MODEL_NAMES, MOE_MODELS, ModelConfig, MoEConfig
 from mos_jax.models.embedding import Embedder
 from mos_jax.models.encoders import (Encoder, apply_stacked_encoders, build_encoder, build_stacked_encoders,
                                      encoder_names, register_encoder)
 from mos_jax.models.heads import CTRHead, NextItemHead, TaskHead
 from mos_jax.models.mos import MoS
 from mos_jax.models.outputs import ModelOutput
-
-_MOE_NAMES = ("gshard", "expert_choice", "dselect_k")
 
 
 def build_model(cfg: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Module:
@@ -27,12 +25,11 @@ def build_model(cfg: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Module:
     return MoS(cfg, rngs=rngs)
   if cfg.name == "backbone":
     return BackboneModel(cfg, rngs=rngs)
-  if cfg.name in _MOE_NAMES:
+  if cfg.name in MOE_MODELS:
     from mos_jax.models.moe import build_moe_model  # noqa: PLC0415
 
     return build_moe_model(cfg, rngs=rngs)
-  names = ("mos", "backbone") + _MOE_NAMES
-  raise ValueError(f"ModelConfig.name={cfg.name!r}: expected one of {names}")
+  raise ValueError(f"ModelConfig.name={cfg.name!r}: expected one of {MODEL_NAMES}")
 
 
 __all__ = ["BackboneModel", "CTRHead", "Embedder", "Encoder", "ModelConfig", "MoEConfig", "ModelOutput", "MoS",

@@ -10,6 +10,9 @@ import dataclasses
 
 import jax.numpy as jnp
 
+MOE_MODELS = ("gshard", "expert_choice", "dselect_k")  # sequence-level MoE baselines (mos_jax.models.moe)
+MODEL_NAMES = ("mos", "backbone") + MOE_MODELS
+
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -107,7 +110,7 @@ class ModelConfig:
       raise ValueError(f"ModelConfig.{field}={value!r}: expected {expected}")
 
     choices = {
-      "name": ("mos", "backbone", "gshard", "expert_choice", "dselect_k"),
+      "name": MODEL_NAMES,
       "task": ("ctr", "next"),
       "dtype": tuple(_DTYPES),
       "router": ("linear", "prototype"),
@@ -137,7 +140,7 @@ class ModelConfig:
       bad("router_temperature", self.router_temperature, "> 0")
     if not 0.0 <= self.dropout < 1.0:
       bad("dropout", self.dropout, "in [0, 1)")
-    if self.name in ("gshard", "expert_choice", "dselect_k") and hasattr(self.moe, "validate"):
+    if self.name in MOE_MODELS:
       self.moe.validate()
     if self.name == "mos" and not (self.use_theme_experts or self.use_global_expert or self.use_short_expert):
       bad("use_theme_experts", False, "at least one of use_theme_experts/use_global_expert/use_short_expert")

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from mos_jax.models.config import ModelConfig
+from mos_jax.models.config import MODEL_NAMES, MOE_MODELS, ModelConfig
 from mos_jax.models.moe import gating
 
 # -- encoders: FLOPs for ONE sequence of `length` positions ---------------------------------------------------------
@@ -144,10 +144,9 @@ def count_flops(cfg: ModelConfig, *, batch_size: int = 256) -> dict[str, float]:
   if cfg.name == "backbone":
     enc = encoder_flops(cfg, cfg.num_sessions * cfg.session_len)
     return _result(enc, 0.0, 0.0, head_flops(cfg), 0.0, enc)
-  if cfg.name in ("gshard", "expert_choice", "dselect_k"):
+  if cfg.name in MOE_MODELS:
     return _moe(cfg, batch_size)
-  raise ValueError(f"count_flops: ModelConfig.name={cfg.name!r}: expected one of "
-                   "('mos', 'backbone', 'gshard', 'expert_choice', 'dselect_k')")
+  raise ValueError(f"count_flops: ModelConfig.name={cfg.name!r}: expected one of {MODEL_NAMES}")
 
 
 __all__ = ["ENCODER_FLOPS", "count_flops", "encoder_flops", "head_flops"]

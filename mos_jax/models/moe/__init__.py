@@ -6,9 +6,8 @@ The routing math (``gating``) and the dispatchers (``dispatch``) are pure functi
 
 from __future__ import annotations
 
+from mos_jax.models.config import MOE_MODELS
 from mos_jax.models.moe.gating import Routing, capacity, dselect_k_weights, expert_choice_routing, top_k_routing
-
-MOE_MODELS = ("gshard", "expert_choice", "dselect_k")
 
 
 def build_moe_model(cfg, *, rngs):

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mos_jax.models.config import ModelConfig
+from mos_jax.models.config import MOE_MODELS, ModelConfig
 from mos_jax.models.embedding import Embedder
 from mos_jax.models.encoders import apply_stacked_encoders, build_stacked_encoders
 from mos_jax.models.heads import TaskHead
@@ -44,8 +44,8 @@ class MoEModel(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     moe = cfg.moe.validate()
-    if cfg.name not in ("gshard", "expert_choice", "dselect_k"):
-      raise ValueError(f"ModelConfig.name={cfg.name!r}: expected one of ('gshard', 'expert_choice', 'dselect_k')")
+    if cfg.name not in MOE_MODELS:
+      raise ValueError(f"ModelConfig.name={cfg.name!r}: expected one of {MOE_MODELS}")
     self.kind = cfg.name
     self.task = cfg.task
     self.dispatch = cfg.dispatch
