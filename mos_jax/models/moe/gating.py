@@ -57,12 +57,8 @@ def load_balance_loss(probs: jax.Array, top1: jax.Array, valid: jax.Array) -> ja
 
   ``f_e``: fraction of valid examples whose first choice is e (before capacity); ``P_e``: their mean probability.
   """
-  num_experts = probs.shape[-1]
-  v = valid.astype(_F32)[:, None]
-  n = jnp.maximum(jnp.sum(v), 1.0)
-  frac = jnp.sum(top1 * v, axis=0) / n  # [E]; not differentiable (one-hot), as in GShard
-  mean_prob = jnp.sum(probs * v, axis=0) / n  # [E]
-  return num_experts * jnp.sum(frac * mean_prob)
+  # MoS's session balance loss with one routing group of B tokens: probs[1,B,E], first choice [1,B,1], valid [1,B].
+  return routing.balance_loss(probs[None], jnp.argmax(top1, axis=-1)[None, :, None], valid[None])
 
 
 def _entropy(probs: jax.Array, valid: jax.Array) -> jax.Array:
