@@ -65,12 +65,11 @@ def main(argv: list[str]) -> int:
     cfg.train.parallelism, cfg.train.mesh_data, cfg.train.mesh_expert = "mesh", 1, 1
     if args.batch_size > 0:
       cfg.train.eval_batch_size = args.batch_size
-    cfg.train.batch_size = max(cfg.train.batch_size, 1)
     run = build_run(cfg)
-    if config_lib.diff(saved_model, run.cfg.model):
+    changed = config_lib.diff(saved_model, run.cfg.model, prefix="model.")
+    if changed:
       raise ckpt_lib.CheckpointError(
-          f"the dataset prepared from the saved config no longer matches the checkpoint: "
-          f"{config_lib.diff(saved_model, run.cfg.model, prefix='model.')} (checkpoint vs now)")
+          f"the dataset prepared from the saved config no longer matches the checkpoint: {changed} (checkpoint vs now)")
     executor = Executor(cfg.train, run.graphdef, run.tx, run.schedule, cfg.data.task, run.state,
                         devices=jax.devices()[:1])
     state, _, _ = ckpts.restore(step, executor.abstract_state(run.state), kind=kind)

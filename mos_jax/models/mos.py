@@ -98,8 +98,7 @@ class MoS(nnx.Module):
       expert, gate, valid = routing.top_k_choice(probs, smask, self.top_k)
       bal, zl = routing.balance_loss(probs, expert, smask), routing.z_loss(logits, smask)
       aux = self.balance_weight * bal + self.z_weight * zl
-      ent = -jnp.sum(probs * jnp.log(jnp.maximum(probs, 1e-30)), axis=-1)
-      metrics.update(balance_loss=bal, z_loss=zl, router_entropy=jnp.sum(ent * smask) / n_real)
+      metrics.update(balance_loss=bal, z_loss=zl, router_entropy=routing.mean_entropy(probs, smask))
     else:
       if "session_theme" not in batch:
         raise KeyError("ModelConfig.route_by='label' needs batch['session_theme'] (int32 [B,S], -1 = padding)")
@@ -131,7 +130,7 @@ class MoS(nnx.Module):
                                      deterministic=deterministic)[:, None])
       avail.append(jnp.any(smask, axis=1, keepdims=True))
     if self.short_expert is not None:
-      n = min(self.short_sessions, s)
+      n = self.short_sessions  # already min(short_sessions, S)
       outs.append(self.short_expert(x[:, -n:].reshape(b, n * t, d), mask[:, -n:].reshape(b, n * t), tgt,
                                     deterministic=deterministic)[:, None])
       avail.append(jnp.any(smask[:, -n:], axis=1, keepdims=True))

@@ -129,6 +129,13 @@ def balance_loss(probs: jax.Array, expert: jax.Array, session_mask: jax.Array) -
   return k * jnp.sum(f * p)
 
 
+def mean_entropy(probs: jax.Array, valid: jax.Array) -> jax.Array:
+  """Mean entropy (nats) over the valid rows of ``probs`` [..., K] (valid [...]); 0 * log 0 = 0."""
+  ent = -jnp.sum(jnp.where(probs > 0, probs * jnp.log(jnp.where(probs > 0, probs, 1.0)), 0.0), axis=-1)
+  v = valid.astype(jnp.float32)
+  return jnp.sum(v * ent) / jnp.maximum(jnp.sum(v), 1.0)
+
+
 def z_loss(logits: jax.Array, session_mask: jax.Array) -> jax.Array:
   """Router z-loss: mean over valid sessions of logsumexp(logits)^2 (keeps logits small)."""
   m = session_mask.astype(jnp.float32)

@@ -43,8 +43,7 @@ def capacity(num_tokens: int, num_experts: int, capacity_factor: float, k: int =
         f"capacity: expected num_tokens, num_experts, k >= 1 and capacity_factor > 0, got "
         f"num_tokens={num_tokens}, num_experts={num_experts}, k={k}, capacity_factor={capacity_factor}"
     )
-  c = math.ceil(capacity_factor * k * num_tokens / num_experts - 1e-9)  # 1e-9: float noise such as 1.1*10/11
-  return int(min(max(c, 1), num_tokens))
+  return routing.capacity(num_tokens, num_experts, k, capacity_factor)  # MoS's rule, tokens = examples
 
 
 def router_z_loss(logits: jax.Array, valid: jax.Array) -> jax.Array:
@@ -59,13 +58,6 @@ def load_balance_loss(probs: jax.Array, top1: jax.Array, valid: jax.Array) -> ja
   """
   # MoS's session balance loss with one routing group of B tokens: probs[1,B,E], first choice [1,B,1], valid [1,B].
   return routing.balance_loss(probs[None], jnp.argmax(top1, axis=-1)[None, :, None], valid[None])
-
-
-def _entropy(probs: jax.Array, valid: jax.Array) -> jax.Array:
-  """Mean entropy (nats) of each valid row of ``probs`` [B,E]."""
-  ent = -jnp.sum(jnp.where(probs > 0, probs * jnp.log(jnp.where(probs > 0, probs, 1.0)), 0.0), axis=-1)
-  v = valid.astype(_F32)
-  return jnp.sum(v * ent) / jnp.maximum(jnp.sum(v), 1.0)
 
 
 def _index_from_dispatch(dispatch: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -120,7 +112,7 @@ def top_k_routing(
   metrics = {
       "balance_loss": load_balance_loss(probs, choice[:, 0, :], valid),
       "z_loss": router_z_loss(logits, valid),
-      "router_entropy": _entropy(probs, valid),
+      "router_entropy": routing.mean_entropy(probs, valid),
       "dropped_fraction": 1.0 - jnp.sum(keep) / jnp.maximum(num_assign, 1.0),
       **_usage_metrics(dispatch, num_experts * capacity),
   }
@@ -148,7 +140,7 @@ def expert_choice_routing(logits: jax.Array, valid: jax.Array, *, capacity: int)
   v = valid.astype(_F32)
   metrics = {
       "z_loss": router_z_loss(logits, valid),
-      "router_entropy": _entropy(probs, valid),
+      "router_entropy": routing.mean_entropy(probs, valid),
       "dropped_fraction": jnp.sum(v * (1.0 - taken)) / jnp.maximum(jnp.sum(v), 1.0),
       "experts_per_example": jnp.sum(dispatch) / jnp.maximum(jnp.sum(v), 1.0),
       **_usage_metrics(dispatch, num_experts * capacity),

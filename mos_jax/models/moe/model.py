@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mos_jax.models import routing
 from mos_jax.models.config import MOE_MODELS, ModelConfig
 from mos_jax.models.embedding import Embedder
 from mos_jax.models.encoders import apply_stacked_encoders, build_stacked_encoders
@@ -28,14 +29,14 @@ from mos_jax.models.heads import TaskHead
 from mos_jax.models.moe import dispatch as dispatch_lib
 from mos_jax.models.moe import gating
 from mos_jax.models.outputs import ModelOutput
+from mos_jax.models.router import session_summary
 
 _F32 = jnp.float32
 
 
 def routing_features(x: jax.Array, mask: jax.Array, target: jax.Array | None) -> jax.Array:
   """Router input per example: masked mean of x[B,L,D] (zeros when empty), then the target (CTR) -> float32 [B,R]."""
-  m = mask.astype(_F32)[..., None]
-  mean = jnp.sum(x.astype(_F32) * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)  # [B,D]
+  mean = session_summary(x[:, None], mask[:, None])[:, 0]  # the whole sequence as one session: [B,D]
   return mean if target is None else jnp.concatenate([mean, target.astype(_F32)], axis=-1)
 
 
@@ -131,11 +132,10 @@ class MoEModel(nnx.Module):
     n = jnp.maximum(jnp.sum(v), 1.0)
     usage = jnp.sum(w * v[:, None], axis=0) / n  # [E] mean weight per expert
     wn = w / jnp.maximum(jnp.sum(w, axis=-1, keepdims=True), 1e-9)
-    ent = -jnp.sum(jnp.where(wn > 0, wn * jnp.log(jnp.where(wn > 0, wn, 1.0)), 0.0), axis=-1)
     metrics = {
         **regs,
         "expert_usage": usage / jnp.maximum(jnp.sum(usage), 1e-9),
-        "router_entropy": jnp.sum(ent * v) / n,
+        "router_entropy": routing.mean_entropy(wn, valid),
         "experts_per_example": jnp.sum((w > 1e-6) * v[:, None]) / n,  # experts with non-zero weight
     }
     return u, aux, metrics
