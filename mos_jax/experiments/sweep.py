@@ -1,0 +1,238 @@
+"""Multi-seed runner: train and evaluate every (variant, seed) in its own workdir, then mean ± sd tables.
+
+    python -m mos_jax.experiments.sweep --config=configs/default.py --seeds=0,1,2 --out=runs/sweeps/synthetic \
+        --variant mos= --variant backbone=--config.model.name=backbone --variant gshard=--config=configs/gshard.py \
+        [--config.FIELD=VALUE ...]   # overrides shared by every variant
+
+Each run is two subprocesses, exactly the commands a user would type (so a sweep measures what the README promises):
+``python train.py --config=C <shared> <variant> --config.seed=K --config.data.seed=K --workdir=OUT/<variant>/seed<K>``
+then ``python eval.py --workdir=... --split=SPLIT --rules``. ``seed`` (init, dropout) and ``data.seed`` (training
+negatives and order) move together; ``data.split_seed`` stays fixed, so every seed is scored on the same rows.
+A finished run (its eval file exists) is not run again: re-running the command completes an interrupted sweep.
+
+Outputs: ``OUT/summary.json`` (every run's metrics and the aggregates) and ``OUT/summary.md`` (one table: variants,
+then the best rule of the same rows, metrics as mean ± sd over seeds on all rows and on the session-start slice,
+train examples/s, train wall time and forward FLOPs per example).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+import time
+from typing import Any, Sequence
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+MAIN_METRICS = {"ctr": ("auc", "gauc", "logloss"), "next": ("ndcg@10", "hr@10", "mrr")}
+RULE_KEY = {"ctr": "auc", "next": "ndcg@10"}  # how the best rule is chosen (on all rows)
+SLICES = ("all", "session_start")
+
+
+@dataclasses.dataclass
+class Variant:
+  name: str
+  overrides: list[str]
+
+
+def parse_variant(text: str) -> Variant:
+  """``NAME=--config.a=1 --config.b=2`` (overrides separated by spaces; may be empty)."""
+  name, sep, rest = text.partition("=")
+  if not sep or not name or not name.replace("_", "").replace("-", "").isalnum():
+    raise ValueError(f"--variant {text!r}: expected NAME=OVERRIDES with NAME of letters, digits, '_' or '-'")
+  overrides = rest.split()
+  for o in overrides:
+    if not o.startswith("--config") or "=" not in o:
+      raise ValueError(f"--variant {text!r}: override {o!r} is not --config=FILE or --config.FIELD=VALUE")
+  return Variant(name, overrides)
+
+
+def mean_sd(values: Sequence[float]) -> tuple[float, float, int]:
+  """Mean and sample standard deviation (ddof = 1; 0 for a single value) of the finite values, and their count."""
+  v = [float(x) for x in values if x is not None and math.isfinite(float(x))]
+  if not v:
+    return float("nan"), float("nan"), 0
+  m = sum(v) / len(v)
+  sd = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0
+  return m, sd, len(v)
+
+
+def train_throughput(workdir: pathlib.Path) -> float:
+  """Median train examples/s of the run's logged intervals, leaving out the first (it holds compilation)."""
+  path = workdir / "metrics.jsonl"
+  if not path.exists():
+    return float("nan")
+  xs = [r["examples_per_s"] for r in map(json.loads, path.read_text().splitlines())
+        if r.get("split") == "train" and r.get("examples_per_s") is not None][1:]
+  return sorted(xs)[len(xs) // 2] if xs else float("nan")
+
+
+def forward_flops(workdir: pathlib.Path) -> float:
+  """Forward FLOPs per example (``count_flops(...)['total']``) of the run's saved, dataset-filled model config."""
+  from mos_jax import config as config_lib  # noqa: PLC0415
+  from mos_jax.models.flops import count_flops  # noqa: PLC0415
+
+  cfg = config_lib.config_from_dict(json.loads((workdir / "config.json").read_text()))
+  try:
+    return float(count_flops(cfg.model, batch_size=cfg.train.batch_size)["total"])
+  except ValueError:  # an encoder without a FLOPs formula
+    return float("nan")
+
+
+def _run(cmd: list[str], log: pathlib.Path) -> float:
+  """Runs ``cmd`` from the repo root with output to ``log``; returns wall seconds; raises on failure."""
+  t0 = time.perf_counter()
+  with open(log, "w", encoding="utf-8") as f:
+    rc = subprocess.run(cmd, cwd=REPO_ROOT, stdout=f, stderr=subprocess.STDOUT, env=os.environ.copy()).returncode
+  if rc != 0:
+    tail = "".join(log.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)[-15:])
+    raise RuntimeError(f"{' '.join(cmd)} exited with {rc}; log {log}:\n{tail}")
+  return time.perf_counter() - t0
+
+
+def run_one(args: argparse.Namespace, variant: Variant, seed: int, shared: list[str]) -> dict[str, Any]:
+  """Trains and evaluates one (variant, seed) unless its eval file exists; returns its record."""
+  wd = pathlib.Path(args.out) / variant.name / f"seed{seed}"
+  eval_file = wd / f"eval_{args.split}.json"
+  record_file = wd / "sweep_run.json"
+  if eval_file.exists() and record_file.exists():
+    return json.loads(record_file.read_text())
+  wd.mkdir(parents=True, exist_ok=True)
+  train_cmd = [sys.executable, "train.py", f"--config={args.config}", *shared, *variant.overrides,
+               f"--config.seed={seed}", f"--config.data.seed={seed}", f"--workdir={wd}"]
+  eval_cmd = [sys.executable, "eval.py", f"--workdir={wd}", f"--split={args.split}"] + (["--rules"] if args.rules else [])
+  print(f"[{variant.name} seed {seed}] {' '.join(train_cmd[1:])}", flush=True)
+  train_s = _run(train_cmd, wd / "train.log")
+  _run(eval_cmd, wd / "eval.log")
+  result = json.loads(eval_file.read_text())
+  record = {"variant": variant.name, "seed": seed, "workdir": str(wd), "train_cmd": " ".join(train_cmd[1:]),
+            "train_wall_s": train_s, "train_examples_per_s": train_throughput(wd), "flops": forward_flops(wd),
+            "eval": result}
+  tmp = record_file.with_suffix(".tmp")
+  tmp.write_text(json.dumps(record, indent=1, allow_nan=True))
+  os.replace(tmp, record_file)
+  return record
+
+
+def _slice_metrics(ev: dict, slice_name: str) -> dict[str, float]:
+  if slice_name == "all":
+    return ev.get("metrics", {})
+  return ev.get("slices", {}).get(slice_name, {})
+
+
+def aggregate(records: list[dict[str, Any]], task: str) -> dict[str, Any]:
+  """Per variant and per rule: mean, sd and n of the main metrics on each slice, plus cost columns."""
+  keys = MAIN_METRICS[task]
+  out: dict[str, Any] = {"task": task, "variants": {}, "rules": {}, "best_rule": None}
+  for name in dict.fromkeys(r["variant"] for r in records):
+    rs = [r for r in records if r["variant"] == name]
+    row: dict[str, Any] = {"seeds": [r["seed"] for r in rs]}
+    for s in SLICES:
+      for k in keys:
+        row[f"{s}/{k}"] = mean_sd([_slice_metrics(r["eval"], s).get(k, float("nan")) for r in rs])
+    for k in ("train_examples_per_s", "train_wall_s", "flops"):
+      row[k] = mean_sd([r[k] for r in rs])
+    out["variants"][name] = row
+  # Rules are deterministic given the evaluation rows, which every seed shares: average them all the same (sd = 0
+  # confirms the rows were the same).
+  rule_names = dict.fromkeys(n for r in records for n in r["eval"].get("rules", {}))
+  for rule in rule_names:
+    row = {}
+    for s in SLICES:
+      for k in keys:
+        row[f"{s}/{k}"] = mean_sd([r["eval"]["rules"][rule].get(s, {}).get(k, float("nan")) for r in records
+                                   if rule in r["eval"].get("rules", {})])
+    out["rules"][rule] = row
+  rk = f"all/{RULE_KEY[task]}"
+  scored = [(v[rk][0], n) for n, v in out["rules"].items() if math.isfinite(v[rk][0])]
+  if scored:
+    out["best_rule"] = max(scored)[1]
+  return out
+
+
+def _fmt(ms: tuple[float, float, int], digits: int = 4) -> str:
+  m, sd, n = ms
+  if n == 0:
+    return "—"
+  return f"{m:.{digits}f} ± {sd:.{digits}f}" if n > 1 else f"{m:.{digits}f}"
+
+
+def markdown(agg: dict[str, Any], title: str) -> str:
+  keys = MAIN_METRICS[agg["task"]]
+  cols = [f"{s}/{k}" for s in SLICES for k in keys[:2]]
+  head = ["model"] + [c.replace("all/", "").replace("session_start/", "sess-start ") for c in cols] + \
+         ["seeds", "train ex/s", "train wall s", "fwd MFLOPs/ex"]
+  lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for name, row in agg["variants"].items():
+    f = row["flops"][0]
+    lines.append("| " + " | ".join([name] + [_fmt(row[c]) for c in cols] + [
+        str(len(row["seeds"])), _fmt(row["train_examples_per_s"], 0), _fmt(row["train_wall_s"], 0),
+        f"{f / 1e6:.2f}" if math.isfinite(f) else "—"]) + " |")
+  if agg["best_rule"] is not None:
+    row = agg["rules"][agg["best_rule"]]
+    lines.append("| " + " | ".join([f"best rule: `{agg['best_rule']}`"] + [_fmt(row[c][:2] + (1,)) for c in cols]
+                                   + ["—"] * 4) + " |")
+  lines.append("")
+  lines.append("mean ± sample sd over seeds; the rule is deterministic on the same rows. "
+               f"All rules (all rows, {RULE_KEY[agg['task']]}): " +
+               ", ".join(f"{n} {v['all/' + RULE_KEY[agg['task']]][0]:.4f}" for n, v in agg["rules"].items()))
+  return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--config", default="configs/default.py", help="base config file for every variant")
+  p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (config.seed and config.data.seed)")
+  p.add_argument("--out", required=True, help="sweep folder: OUT/<variant>/seed<K>, OUT/summary.{md,json}")
+  p.add_argument("--variant", action="append", default=[], help="NAME=OVERRIDES (repeatable; default: one 'base')")
+  p.add_argument("--split", default="test", choices=("valid", "test"))
+  p.add_argument("--no-rules", dest="rules", action="store_false", help="skip the rule baselines in eval.py")
+  p.add_argument("--title", default="", help="heading of the markdown table")
+  args, shared = p.parse_known_args(argv)
+  bad = [a for a in shared if not a.startswith("--config.") or "=" not in a]
+  if bad:
+    p.error(f"unrecognised arguments {bad}: shared overrides must be --config.FIELD=VALUE")
+  try:
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    variants = [parse_variant(v) for v in args.variant] or [Variant("base", [])]
+  except ValueError as e:
+    p.error(str(e))
+  if len({v.name for v in variants}) != len(variants):
+    p.error("variant names must be unique")
+  if not seeds:
+    p.error("--seeds: give at least one seed")
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  t0 = time.perf_counter()
+  records = []
+  for v in variants:
+    for s in seeds:
+      try:
+        records.append(run_one(args, v, s, shared))
+      except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+  task = records[0]["eval"]["task"]
+  agg = aggregate(records, task)
+  title = args.title or f"{args.config} ({records[0]['eval']['dataset']}, {task}, {args.split} split)"
+  md = markdown(agg, title)
+  cmd = "python -m mos_jax.experiments.sweep " + " ".join(repr(a) if " " in a else a for a in argv)
+  total = sum(r["train_wall_s"] for r in records)
+  md += f"\nCommand: `{cmd}`; train wall time of all runs {total / 60:.1f} min (this invocation " \
+        f"{(time.perf_counter() - t0) / 60:.1f} min).\n"
+  for name, text in (("summary.md", md), ("summary.json", json.dumps(
+      {"command": cmd, "aggregate": agg, "runs": records}, indent=1, allow_nan=True))):
+    tmp = out / (name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, out / name)
+  print(md)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,48 @@
+"""The multi-seed runner's pure parts: variant parsing, mean ± sd, aggregation and the markdown table."""
+
+import math
+
+import pytest
+
+from mos_jax.experiments import sweep
+
+
+def test_parse_variant():
+  v = sweep.parse_variant("gshard=--config=configs/gshard.py --config.model.moe.top_k=1")
+  assert v.name == "gshard" and v.overrides == ["--config=configs/gshard.py", "--config.model.moe.top_k=1"]
+  assert sweep.parse_variant("mos=").overrides == []
+  with pytest.raises(ValueError, match="NAME=OVERRIDES"):
+    sweep.parse_variant("no equals sign")
+  with pytest.raises(ValueError, match="is not --config"):
+    sweep.parse_variant("x=--workdir=/tmp")
+
+
+def test_mean_sd_is_sample_sd_and_skips_nan():
+  m, sd, n = sweep.mean_sd([1.0, 2.0, 3.0, float("nan")])
+  assert (m, n) == (2.0, 3) and sd == pytest.approx(1.0)
+  assert sweep.mean_sd([5.0]) == (5.0, 0.0, 1)
+  assert math.isnan(sweep.mean_sd([])[0])
+
+
+def _record(variant, seed, auc, ss_auc, rule_auc):
+  ev = {"task": "ctr", "dataset": "synthetic", "metrics": {"auc": auc, "gauc": auc - 0.01, "logloss": 0.5},
+        "slices": {"all": {"auc": auc}, "session_start": {"auc": ss_auc, "gauc": ss_auc}},
+        "rules": {"in_history": {"all": {"auc": rule_auc}, "session_start": {"auc": 0.5}},
+                  "popularity": {"all": {"auc": 0.52}, "session_start": {"auc": 0.51}}}}
+  return {"variant": variant, "seed": seed, "train_wall_s": 10.0, "train_examples_per_s": 100.0 + seed,
+          "flops": 2e6, "eval": ev}
+
+
+def test_aggregate_and_markdown():
+  recs = [_record("mos", s, a, a - 0.1, 0.6) for s, a in zip((0, 1, 2), (0.80, 0.82, 0.84))]
+  recs += [_record("backbone", s, 0.7, 0.6, 0.6) for s in (0, 1, 2)]
+  agg = sweep.aggregate(recs, "ctr")
+  m, sd, n = agg["variants"]["mos"]["all/auc"]
+  assert (n, round(m, 6), round(sd, 6)) == (3, 0.82, 0.02)
+  assert agg["variants"]["mos"]["session_start/auc"][0] == pytest.approx(0.72)
+  assert agg["variants"]["backbone"]["all/auc"][1] == pytest.approx(0.0, abs=1e-12)
+  assert agg["best_rule"] == "in_history"
+  assert agg["rules"]["in_history"]["all/auc"][::2] == (0.6, 6)
+  md = sweep.markdown(agg, "t")
+  assert "| mos | 0.8200 ± 0.0200 |" in md
+  assert "best rule: `in_history`" in md and "popularity 0.5200" in md
