@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
 
 # Columns of the compact tables: the metrics a reader compares first.
 SLICE_COLUMNS = {"ctr": ("auc", "gauc"), "next": ("ndcg@10", "hr@10", "mrr")}
-RULE_SLICES = ("all", "session_start", "within_session")
+RULE_SLICES = {"all": "all", "session_start": "start", "within_session": "within"}  # slice -> column label
 
 
 def format_table(metrics: dict, title: str) -> str:
@@ -85,7 +85,8 @@ def format_rule_table(model_name: str, slices: dict[str, dict], rules: dict[str,
     rule = label[len("rule: "):] if label.startswith("rule: ") else None
     rows.append([label] + [_num(per_slice.get(name, {}).get(metric)) + ("*" if rule and best[(metric, name)] == rule
                                                                           else " ") for metric, name in cols])
-  return _grid(title, ["", *[f"{m} {n}" for m, n in cols]], rows, footer="* best rule in the column")
+  return _grid(title, ["", *[f"{m} {RULE_SLICES[n]}" for m, n in cols]], rows,
+               footer="* best rule in the column; start / within: targets that open a new session / inside one")
 
 
 def predict_split(executor, arrays: dict, cfg) -> np.ndarray:

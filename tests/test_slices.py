@@ -1,7 +1,11 @@
 """Slices of an evaluation split: exact membership on hand-made rows, per-slice metrics equal to metrics computed
 directly on the subset, and the undefined cases (empty slice, one label class, missing keys)."""
 
+import importlib.machinery
+import json
 import math
+import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -155,3 +159,72 @@ def test_bad_inputs_give_clear_errors():
   for call, message in cases:
     with pytest.raises(ValueError, match=message):
       call()
+
+
+# --- eval.py end to end (one tiny 2-step run, shared by the tests below) ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  from mos_jax import config as config_lib  # noqa: PLC0415
+  from mos_jax.training.loop import train  # noqa: PLC0415
+
+  root = tmp_path_factory.mktemp("evalslices")
+  cfg = config_lib.Config(workdir=str(root / "run"), seed=0)
+  cfg.data.cache_dir = str(root / "cache")
+  cfg.data.synthetic.num_users = 40
+  cfg.data.num_sessions, cfg.data.session_len = 4, 4
+  cfg.model.embed_dim = cfg.model.hidden_dim = 8
+  cfg.model.num_themes = 2
+  t = cfg.train
+  t.batch_size, t.eval_batch_size, t.num_steps, t.warmup_steps, t.eval_every, t.progress_bar = 8, 64, 2, 1, 0, False
+  assert train(cfg).status == "finished"
+  return pathlib.Path(cfg.workdir)
+
+
+def _fake_rules(dataset, split, task, arrays=None):
+  """Stands in for mos_jax.evaluation.rules: a perfect rule and a constant one, on the rows it is given."""
+  assert task == "ctr" and split == "valid" and dataset.meta["num_items"] > 0
+  return {"oracle": np.asarray(arrays["label"], np.float64), "constant": np.zeros(len(arrays["label"]))}
+
+
+def test_eval_script_writes_slices_and_rules(tiny_run, monkeypatch, capsys):
+  import types  # noqa: PLC0415
+
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+  import eval as eval_script  # noqa: PLC0415  (the repo-root eval.py)
+
+  assert eval_script.main([f"--workdir={tiny_run}", "--split=valid"]) == 0
+  report = json.loads((tiny_run / "eval_valid.json").read_text())
+  assert set(report) == {"split", "checkpoint", "step", "model", "dataset", "task", "metrics", "slices"}
+  assert report["slices"]["all"] == report["metrics"] and report["step"] == 2
+  n = report["metrics"]["num_examples"]
+  assert sum(m["num_examples"] for k, m in report["slices"].items() if k.startswith("cats:")) == n
+  out = capsys.readouterr().out
+  assert "per slice (valid split)" in out and "\nall " in out
+
+  monkeypatch.setitem(sys.modules, "mos_jax.evaluation.rules", types.SimpleNamespace(rule_outputs=_fake_rules))
+  assert eval_script.main([f"--workdir={tiny_run}", "--split=valid", "--rules"]) == 0
+  with_rules = json.loads((tiny_run / "eval_valid.json").read_text())
+  assert with_rules["slices"] == report["slices"]  # the model's numbers do not change
+  assert list(with_rules["rules"]) == ["oracle", "constant"]
+  for name, m in with_rules["rules"]["oracle"].items():
+    assert set(m) == {"auc", "gauc", "num_examples"}, name  # a rule's score is not a logit: no logloss
+    assert m["num_examples"] == report["slices"][name]["num_examples"]
+    assert m["auc"] == 1.0 or math.isnan(m["auc"])
+  assert with_rules["rules"]["constant"]["all"]["auc"] == 0.5
+  table = capsys.readouterr().out.split("model vs trivial rules")[1]
+  assert "rule: oracle   | 1.0000*" in table and "rule: constant | 0.5000 " in table
+  assert not list(tiny_run.glob("*.tmp"))
+
+  monkeypatch.delitem(sys.modules, "mos_jax.evaluation.rules")
+  monkeypatch.setattr(importlib.machinery.PathFinder, "find_spec", _hide_rules(importlib.machinery.PathFinder.find_spec))
+  assert eval_script.main([f"--workdir={tiny_run}", "--split=valid", "--rules"]) == 2
+  assert "no mos_jax/evaluation/rules.py" in capsys.readouterr().err
+
+
+def _hide_rules(find_spec):
+  """A module finder that cannot see mos_jax.evaluation.rules (as in a checkout without it)."""
+  def hidden(name, *args, **kwargs):
+    return None if name == "mos_jax.evaluation.rules" else find_spec(name, *args, **kwargs)
+  return hidden
