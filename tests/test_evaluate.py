@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
-from mos_jax.evaluation import evaluate, metrics, target_ranks
+from mos_jax.data import make_iterator
+from mos_jax.evaluation import evaluate, metrics, predict_rows, row_metrics, target_ranks
 
 B, S, T, V = 4, 2, 2, 7  # batch, sessions, items per session, num_items + 1
 
@@ -160,6 +161,56 @@ def test_bfloat16_logits_rank_like_float32():
   batch = _next_batch(_SCORES, _TARGETS, _ITEMS, _WEIGHT)
   bf16 = lambda b: _next_predict(b).astype(jnp.bfloat16)  # noqa: E731
   assert evaluate(bf16, [batch], task="next") == evaluate(_next_predict, [batch], task="next")
+
+
+# --- per-row outputs --------------------------------------------------------------------------------------------
+
+
+def test_ctr_predict_rows_are_the_real_rows_logits_in_order():
+  rng = np.random.default_rng(8)
+  batches = _ctr_batches(rng, num_batches=3)  # the last batch's 2 padding rows carry NaN scores
+  rows = predict_rows(_ctr_predict, batches, task="ctr")
+  np.testing.assert_array_equal(rows, _real(batches, "score").astype(np.float64))
+  assert rows.dtype == np.float64
+  want = row_metrics(rows, task="ctr", label=_real(batches, "label"), user=_real(batches, "user"))
+  assert evaluate(_ctr_predict, batches, task="ctr") == want
+
+
+def test_next_predict_rows_are_the_real_rows_ranks_in_order():
+  rng = np.random.default_rng(9)
+  real = _next_batch(rng.normal(size=(B, V)), rng.integers(1, V, B))
+  padded = _next_batch(_SCORES, _TARGETS, _ITEMS, _WEIGHT)  # row 3 is padding with target 0
+  for ex, ranks_last in ((False, [1, 3, 6]), (True, [1, 1, 3])):
+    rows = predict_rows(_next_predict, [real, padded], task="next", exclude_history=ex)
+    exclude = np.zeros((B, V), bool)
+    exclude[np.arange(B)[:, None], real["items"].reshape(B, -1)] = True
+    exclude[:, 0] = False
+    first = metrics.ranks_from_scores(_next_predict(real), real["target_item"], exclude=exclude if ex else None)
+    np.testing.assert_array_equal(rows, np.concatenate([first, ranks_last]))
+    assert rows.dtype == np.int64
+    assert evaluate(_next_predict, [real, padded], task="next", exclude_history=ex) == row_metrics(rows, task="next")
+
+
+def test_predict_rows_align_with_the_rows_of_a_padded_split():
+  n = 10  # batches of 4: the last one has 2 real rows and 2 padding rows (copies of row 0, weight 0)
+  rng = np.random.default_rng(10)
+  arrays = {"score": rng.normal(size=n).astype(np.float32), "label": rng.integers(0, 2, n).astype(np.float32),
+            "user": rng.integers(0, 3, n).astype(np.int32), "weight": np.ones(n, np.float32)}
+  batches = make_iterator(arrays, batch_size=B, seed=0, shuffle=False, drop_remainder=False, pad_to_full=True,
+                          num_epochs=1)
+  np.testing.assert_array_equal(predict_rows(_ctr_predict, batches, task="ctr"), arrays["score"])
+
+
+def test_row_metrics_without_logloss_and_bad_options():
+  y, s, u = np.array([0., 1, 1, 0]), np.array([0.1, 0.4, 0.35, 0.8]), np.array([1, 1, 2, 2])
+  out = row_metrics(s, task="ctr", label=y, user=u, with_logloss=False)
+  assert out == {"auc": 0.5, "gauc": 0.5, "num_examples": 4}
+  with pytest.raises(ValueError, match="needs label and user"):
+    row_metrics(s, task="ctr", label=y)
+  with pytest.raises(ValueError, match="task: expected one of"):
+    predict_rows(_ctr_predict, [], task="rank")
+  with pytest.raises(ValueError, match="ties: expected one of"):
+    predict_rows(_next_predict, [], task="next", ties="average")
 
 
 # --- bad inputs ------------------------------------------------------------------------------------------------

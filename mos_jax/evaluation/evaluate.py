@@ -5,6 +5,8 @@ Next-item: the ``[B, num_items + 1]`` scores never leave the device; a jitted fu
 1-based rank of its target and only ``[B]`` ranks come back to the host.
 
 Results are fetched at the end, so the host keeps dispatching batches while the device computes.
+``predict_rows`` returns those per-row outputs (logits or ranks, aligned with the input rows) and ``row_metrics``
+reduces any such outputs, a model's or a rule's, to metrics; ``evaluate`` is the two in a row.
 """
 
 from __future__ import annotations
@@ -79,7 +81,8 @@ def _fetch(pending: list) -> list[np.ndarray]:
   return [np.asarray(x) for x in jax.device_get(pending)]
 
 
-def _evaluate_ctr(predict_fn, batches, logloss_eps: float) -> dict[str, float]:
+def _ctr_rows(predict_fn, batches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(logits float64, label, user) of the real rows, in batch order."""
   logits, labels, users, masks = [], [], [], []
   for i, batch in enumerate(batches):
     out = _logits_of(predict_fn(batch))
@@ -102,19 +105,13 @@ def _evaluate_ctr(predict_fn, batches, logloss_eps: float) -> dict[str, float]:
     if np.isnan(lg[m]).any():
       raise ValueError(f"batch {i}: predict_fn returned NaN logits for {int(np.isnan(lg[m]).sum())} real row(s)")
   s = np.concatenate([lg[m] for lg, m in zip(host_logits, masks)]).astype(np.float64)
-  y = np.concatenate(labels)
-  u = np.concatenate(users)
   if s.size == 0:
     raise ValueError("evaluate: every row had weight 0; nothing to evaluate")
-  return {
-      "logloss": metrics.logloss(y, metrics.sigmoid(s), eps=logloss_eps),
-      "auc": metrics.auc(y, s),  # on logits: same order as the probabilities, without float saturation ties
-      "gauc": metrics.gauc(y, s, u),
-      "num_examples": int(s.size),
-  }
+  return s, np.concatenate(labels), np.concatenate(users)
 
 
-def _evaluate_next(predict_fn, batches, ks, exclude_history: bool, ties: str) -> dict[str, float]:
+def _next_rows(predict_fn, batches, exclude_history: bool, ties: str) -> np.ndarray:
+  """int64 1-based target ranks of the real rows, in batch order."""
   ranks, nans, masks = [], [], []
   for i, batch in enumerate(batches):
     out = _logits_of(predict_fn(batch))
@@ -153,9 +150,63 @@ def _evaluate_next(predict_fn, batches, ks, exclude_history: bool, ties: str) ->
   r = np.concatenate([rk[m] for rk, m in zip(host_ranks, masks)])
   if r.size == 0:
     raise ValueError("evaluate: every row had weight 0; nothing to evaluate")
-  out = metrics.ranking_metrics(r.astype(np.int64), ks)
-  out["num_examples"] = int(r.size)
-  return out
+  return r.astype(np.int64)
+
+
+def _check_options(task: str, ties: str) -> None:
+  if task not in TASKS:
+    raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
+  if ties not in metrics.TIES:
+    raise ValueError(f"ties: expected one of {metrics.TIES}, got {ties!r}")
+
+
+def row_metrics(outputs: np.ndarray, *, task: str, label: np.ndarray | None = None, user: np.ndarray | None = None,
+                ks: Sequence[int] = (5, 10, 20, 50), logloss_eps: float = metrics.LOGLOSS_EPS,
+                with_logloss: bool = True) -> dict[str, float]:
+  """Metrics of per-row outputs (what ``predict_rows`` returns, or a rule's scores/ranks).
+
+  Args:
+    outputs: CTR: ``[N]`` scores (logits; higher = more likely clicked). Next-item: ``[N]`` int 1-based ranks.
+    task: 'ctr' or 'next'.
+    label, user: ``[N]`` CTR labels in {0, 1} and user ids (GAUC grouping); unused for next-item.
+    ks: cutoffs for HR@K and NDCG@K (next-item).
+    logloss_eps: probability clipping of the CTR logloss.
+    with_logloss: CTR only; False for scores that are not logits (a rule's), whose logloss means nothing.
+
+  Returns:
+    The keys of ``evaluate`` (``logloss`` dropped when ``with_logloss`` is False).
+  """
+  if task not in TASKS:
+    raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
+  out = np.asarray(outputs)
+  if task == "next":
+    result = metrics.ranking_metrics(out, ks)
+    result["num_examples"] = int(out.size)
+    return result
+  if label is None or user is None:
+    raise ValueError("row_metrics: task='ctr' needs label and user")
+  result = {"logloss": metrics.logloss(label, metrics.sigmoid(out), eps=logloss_eps)} if with_logloss else {}
+  result["auc"] = metrics.auc(label, out)  # on logits: same order as the probabilities, without saturation ties
+  result["gauc"] = metrics.gauc(label, out, user)
+  result["num_examples"] = int(out.size)
+  return result
+
+
+def predict_rows(predict_fn: Callable[[Mapping[str, Any]], Any], batches: Iterable[Mapping[str, Any]], *, task: str,
+                 exclude_history: bool = False, ties: str = "pessimistic") -> np.ndarray:
+  """Per-row model outputs of the real rows (``weight == 1``), in the order the batches give them.
+
+  With batches from ``make_iterator(arrays, shuffle=False, pad_to_full=True, ...)`` row ``i`` of the result is row
+  ``i`` of ``arrays`` (the padding rows that fill the last batch are dropped), so a slice of the split is a slice of
+  the result. Same arguments and input checks as ``evaluate``.
+
+  Returns:
+    CTR: float64 ``[N]`` logits. Next-item: int64 ``[N]`` 1-based rank of the target among all items.
+  """
+  _check_options(task, ties)
+  if task == "ctr":
+    return _ctr_rows(predict_fn, batches)[0]
+  return _next_rows(predict_fn, batches, exclude_history, ties)
 
 
 def evaluate(predict_fn: Callable[[Mapping[str, Any]], Any], batches: Iterable[Mapping[str, Any]], *, task: str,
@@ -179,11 +230,9 @@ def evaluate(predict_fn: Callable[[Mapping[str, Any]], Any], batches: Iterable[M
     CTR: ``logloss``, ``auc``, ``gauc``, ``num_examples``. Next-item: ``hr@K`` and ``ndcg@K`` for each K,
     ``mrr``, ``num_examples``. ``auc``/``gauc`` are NaN when undefined (one label class).
   """
-  if task not in TASKS:
-    raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
-  if ties not in metrics.TIES:
-    raise ValueError(f"ties: expected one of {metrics.TIES}, got {ties!r}")
+  _check_options(task, ties)
   if task == "ctr":
-    return _evaluate_ctr(predict_fn, batches, logloss_eps)
+    s, y, u = _ctr_rows(predict_fn, batches)
+    return row_metrics(s, task="ctr", label=y, user=u, logloss_eps=logloss_eps)
   metrics.ranking_metrics(np.ones(1, np.int64), ks)  # validate ks before running the model
-  return _evaluate_next(predict_fn, batches, ks, exclude_history, ties)
+  return row_metrics(_next_rows(predict_fn, batches, exclude_history, ties), task="next", ks=ks)
