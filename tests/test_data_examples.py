@@ -279,3 +279,18 @@ def test_bad_negative_options_are_named(tmp_path):
     prepare_dataset(DataConfig(cache_dir=str(tmp_path), target_position="first"))
   with pytest.raises(ValueError, match="target_behaviors"):
     prepare_dataset(DataConfig(cache_dir=str(tmp_path), target_behaviors="buy", synthetic=SMALL))
+
+
+def test_cli_flags_and_old_format_refused(tmp_path):
+  from mos_jax.data import DataError
+  from mos_jax.data.prepare import main
+  out = tmp_path / "p"
+  assert main(["--out", str(out), "--exclude-repeat-targets", "false", "--negatives", "uniform",
+               "--syn-num-users", "60", "--syn-num-themes", "3", "--syn-items-per-theme", "8"]) == 0
+  meta = json.loads((out / "meta.json").read_text())
+  assert meta["config"]["exclude_repeat_targets"] is False and meta["negatives"] == "uniform"
+  assert "seed" not in meta["config"] and meta["config"]["split_seed"] == 0
+  meta["format_version"] = 2
+  (out / "meta.json").write_text(json.dumps(meta))
+  with pytest.raises(DataError, match="prepared with format version 2, this code reads version 3"):
+    load_prepared(out)
