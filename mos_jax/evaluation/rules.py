@@ -30,18 +30,21 @@ import json
 import os
 import pathlib
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mos_jax.evaluation import metrics
+
+if TYPE_CHECKING:
+  from mos_jax.data import PreparedDataset
 
 RULE_NAMES = ("popularity", "in_history", "in_last_session", "category_in_history", "recency")
 SYNTHETIC_RULES = ("generator",)
 KS = (5, 10, 20, 50)
 
 
-def rule_names(dataset: Any) -> tuple[str, ...]:
+def rule_names(dataset: PreparedDataset) -> tuple[str, ...]:
   """The rules that apply to ``dataset``: ``RULE_NAMES``, plus ``generator`` for synthetic data."""
   return RULE_NAMES + (SYNTHETIC_RULES if dataset.meta.get("dataset") == "synthetic" else ())
 
@@ -121,7 +124,7 @@ def _category_ranks(flat_cat: np.ndarray, target: np.ndarray, item_cat: np.ndarr
   return (1 + higher + np.where(st > 0, tied, zero_before)).astype(np.int64)
 
 
-def rule_outputs(dataset: Any, split: str, task: str, arrays: dict[str, np.ndarray] | None = None
+def rule_outputs(dataset: PreparedDataset, split: str, task: str, arrays: dict[str, np.ndarray] | None = None
                  ) -> dict[str, np.ndarray]:
   """Per rule: CTR float64 scores [N] or next-item int64 1-based ranks [N], rows aligned with ``arrays``
   (default ``dataset.split(split, task)``)."""
@@ -176,7 +179,7 @@ def rule_outputs(dataset: Any, split: str, task: str, arrays: dict[str, np.ndarr
   return out
 
 
-def evaluate_rules(dataset: Any, split: str, task: str, arrays: dict[str, np.ndarray] | None = None
+def evaluate_rules(dataset: PreparedDataset, split: str, task: str, arrays: dict[str, np.ndarray] | None = None
                    ) -> dict[str, dict[str, float]]:
   """Per rule its metrics: CTR ``auc``, ``gauc``, ``num_examples``; next-item ``hr@K``, ``ndcg@K`` (K = 5, 10,
   20, 50), ``mrr``, ``num_examples``. Rows with ``weight`` 0 (padding) are left out."""
