@@ -23,13 +23,16 @@ from mos_jax.data.readers import DataError
 
 # Bump whenever the prepared arrays change for the same options (format, readers, the synthetic generator):
 # it is part of the fingerprint, so stale cached copies are never reused.
-FORMAT_VERSION = 2
-_NOT_IN_FINGERPRINT = ("cache_dir", "task")  # preparing writes both tasks
+FORMAT_VERSION = 3
+# Preparing writes both tasks; data.seed only drives train negatives and order, drawn at iteration time, so runs
+# with several seeds share one prepared folder.
+_NOT_IN_FINGERPRINT = ("cache_dir", "task", "seed")
 
 
 def fingerprint(cfg: DataConfig) -> str:
   """Hash of the options that shape the prepared arrays and of the input files' names, sizes and mtimes."""
   opts = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
+  opts["negatives"], opts["hard_neg_frac"] = cfg.negatives_kind(), hard_neg_frac(cfg)  # "auto" = what it means
   if cfg.dataset != "synthetic":
     opts.pop("synthetic")
     src = pathlib.Path(cfg.data_dir).expanduser().resolve()
@@ -40,6 +43,35 @@ def fingerprint(cfg: DataConfig) -> str:
     opts["files"] = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())
   opts["format_version"] = FORMAT_VERSION
   return hashlib.sha256(json.dumps(opts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def hard_neg_frac(cfg: DataConfig) -> float | None:
+  """The in-category share in use (None unless negatives = in_category)."""
+  if cfg.negatives_kind() != "in_category":
+    return None
+  return 0.5 if cfg.hard_neg_frac is None else float(cfg.hard_neg_frac)
+
+
+def make_sampler(meta: dict, item_group: np.ndarray, item_cat: np.ndarray, counts: np.ndarray
+                 ) -> examples.NegativeSampler:
+  """The negative sampler a prepared folder was built with (its meta.json), for train negatives at iteration time."""
+  return examples.NegativeSampler(kind=meta["negatives"], num_items=meta["num_items"], neg_ratio=meta["neg_ratio"],
+                                  item_group=item_group, item_cat=item_cat, counts=counts,
+                                  hard_frac=meta["hard_neg_frac"] if meta["hard_neg_frac"] is not None else 0.5,
+                                  alpha=meta["neg_alpha"])
+
+
+def grid_items(sess: sessions.Sessions, user_start: np.ndarray, user: np.ndarray, item: np.ndarray,
+               target: np.ndarray, S: int, T: int) -> np.ndarray:
+  """int32 [N, S*T]: the packed history items of the targets (chunked; 0 = padding)."""
+  parts = [np.zeros((0, S * T), np.int32)]
+  for a in range(0, len(target), 16384):
+    g = target[a:a + 16384]
+    lo, hi, _ = sessions.grid_bounds(sess, user_start[user[g] - 1], g, S, T)
+    idx = lo[:, :, None] + np.arange(T)[None, None, :]
+    ok = idx < hi[:, :, None]
+    parts.append(np.where(ok, item[np.where(ok, idx, 0)], 0).reshape(len(g), S * T).astype(np.int32))
+  return np.concatenate(parts)
 
 
 def _dist(x: np.ndarray) -> dict:
@@ -65,25 +97,39 @@ def _build(cfg: DataConfig) -> tuple[EventTable, dict, dict, dict]:
 
 
 def _write(cfg: DataConfig, fp: str, tmp: pathlib.Path) -> None:
+  cfg.validate()
   S, T = cfg.num_sessions, cfg.session_len
-  if S < 1 or T < 1 or cfg.neg_ratio < 0:
-    raise ValueError(f"need num_sessions >= 1, session_len >= 1, neg_ratio >= 0; got {S}, {T}, {cfg.neg_ratio}")
   events, stats, extra, extra_meta = _build(cfg)
   gap_s = sessions.parse_gap(cfg.session_gap)
   sid = sessions.session_ids(events.user, events.time, mode=cfg.session_mode, gap_s=gap_s, chunk_len=cfg.chunk_len)
   sess = sessions.Sessions.from_ids(sid)
   user_start = events.user_start
-  targets = examples.split_targets(events.user, events.candidate, user_start, cfg.max_train_targets_per_user)
+  cand = examples.target_candidates(events.candidate, user=events.user, item=events.item, behavior=events.behavior,
+                                    behavior_names=events.behavior_names, sid=sid,
+                                    target_behaviors=cfg.target_behaviors,
+                                    exclude_repeat_targets=cfg.exclude_repeat_targets,
+                                    target_position=cfg.target_position)
+  targets = examples.split_targets(events.user, cand, user_start, cfg.max_train_targets_per_user)
   num_items = len(events.item_ids) - 1
-  hard_frac = cfg.hard_neg_frac if cfg.hard_neg_frac is not None else (0.5 if cfg.dataset == "synthetic" else 0.0)
-  stats["hard_neg_frac"] = hard_frac
+  counts = examples.train_item_counts(events.user, events.item, user_start,
+                                      np.concatenate([targets["valid"], targets["test"]]), num_items)
+  meta_neg = {"negatives": cfg.negatives_kind(), "neg_ratio": cfg.neg_ratio, "neg_alpha": cfg.neg_alpha,
+              "hard_neg_frac": hard_neg_frac(cfg), "num_items": num_items}
+  sampler = make_sampler(meta_neg, events.item_group, events.item_cat, counts)
+  stats.update(negatives=meta_neg["negatives"], hard_neg_frac=meta_neg["hard_neg_frac"])
   arrays = {}
   for i, name in enumerate(examples.SPLITS):
     g = targets[name]
-    rng = np.random.default_rng([cfg.seed, i, 7919])  # one stream per split: eval negatives never depend on train
     arrays[f"{name}_target"] = g
-    arrays[f"{name}_neg"] = examples.sample_negatives(events.item[g], events.item_group, num_items, cfg.neg_ratio,
-                                                      hard_frac, rng)
+    hist = grid_items(sess, user_start, events.user, events.item, g, S, T)
+    pos = events.item[g]
+    stats[f"{name}_positive_in_history"] = round(float((hist == pos[:, None]).any(1).mean()), 4) if len(g) else 0.0
+    if name != "train":  # train negatives are drawn per epoch from data.seed when iterating (prepared.py)
+      rng = np.random.default_rng([cfg.split_seed, i, 7919])  # one stream per split: fixed evaluation sets
+      neg = sampler.draw(pos, hist, rng)
+      arrays[f"{name}_neg"] = neg
+      stats[f"{name}_negative_in_history"] = (round(float(examples.in_rows(hist, np.maximum(neg, 1)).mean()), 4)
+                                              if neg.size else 0.0)
     hist_len = g - user_start[events.user[g] - 1]
     kept = sessions.kept_counts(sess, user_start[events.user[g] - 1], g, S, T)
     stats[f"{name}_examples_next"] = int(len(g))
@@ -103,13 +149,14 @@ def _write(cfg: DataConfig, fp: str, tmp: pathlib.Path) -> None:
     stats["session_theme_purity"] = round(float(pure.mean()), 4)
   meta = {"dataset": cfg.dataset, "fingerprint": fp, "format_version": FORMAT_VERSION, "num_users": num_users,
           "num_items": num_items, "num_cats": num_cats, "num_sessions": S, "session_len": T,
-          "neg_ratio": cfg.neg_ratio, "session_mode": cfg.session_mode, "session_gap_s": gap_s,
+          **meta_neg, "session_mode": cfg.session_mode, "session_gap_s": gap_s,
           "num_examples": {s: {"ctr": stats[f"{s}_examples_ctr"], "next": stats[f"{s}_examples_next"]}
                            for s in examples.SPLITS},
-          "config": dataclasses.asdict(cfg), **extra_meta}
+          "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT},
+          **extra_meta}
   np.savez(tmp / "events.npz", user=events.user, item=events.item, cat=events.cat, time=events.time,
            behavior=events.behavior, theme=events.theme, sid=sid, item_cat=events.item_cat,
-           item_group=events.item_group, **extra)
+           item_group=events.item_group, item_counts=counts, **extra)
   np.savez(tmp / "targets.npz", **arrays)
   np.savez(tmp / "mappings.npz", user_ids=events.user_ids, item_ids=events.item_ids, cat_ids=events.cat_ids,
            behavior_names=np.array(events.behavior_names, dtype=str))
@@ -126,6 +173,7 @@ def _existing_fingerprint(out: pathlib.Path) -> str | None:
 
 def prepare_dataset(cfg: DataConfig, out: str | os.PathLike | None = None) -> pathlib.Path:
   """Prepare ``cfg`` into ``out`` (default: ``cache_dir/<dataset>-<fingerprint>``) unless it is already there."""
+  cfg.validate()
   fp = fingerprint(cfg)
   out = pathlib.Path(out if out is not None else pathlib.Path(cfg.cache_dir).expanduser() / f"{cfg.dataset}-{fp}")
   out = out.expanduser()

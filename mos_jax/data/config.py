@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
+NEGATIVES = ("uniform", "popularity", "in_category", "history_matched", "matched")
+TARGET_POSITIONS = ("all", "session_start")
+
 
 @dataclasses.dataclass
 class SyntheticConfig:
@@ -42,13 +45,50 @@ class DataConfig:
   session_gap: str = "30m"  # e.g. 30m, 1h, 1d (a bare number means seconds)
   chunk_len: int = 16
   neg_ratio: int = 1  # CTR negatives per positive
-  # Share of CTR negatives drawn from the positive's theme (synthetic) or category (real data); the rest are uniform.
-  # None = 0.5 for synthetic (recalling the right theme subsequence must matter), 0.0 for real data (the usual
-  # uniform negatives, comparable with published numbers).
+  # How CTR negatives are drawn (docs/data.md, "Negatives"): auto = matched for synthetic, uniform for real data |
+  # uniform | popularity | in_category | history_matched | matched.
+  negatives: str = "auto"
+  neg_alpha: float = 0.75  # popularity negatives: train frequency ** neg_alpha
+  # in_category: share of negatives drawn from the positive's theme (synthetic) or category (real data), the rest
+  # uniform; None = 0.5. Only used by negatives=in_category.
   hard_neg_frac: float | None = None
-  max_train_targets_per_user: int = 10
+  # Targets: which events may be predicted (histories always hold every event).
+  target_behaviors: str = ""  # e.g. "buy,cart": only events of these behaviours are targets; "" = all
+  exclude_repeat_targets: bool = False  # an event whose item the user had before is not a target
+  target_position: str = "all"  # all | session_start (only events that open a session are targets)
+  max_train_targets_per_user: int = 10  # most recent train targets per user; 0 = all of them
   min_user_events: int = 5
   kcore: int = 0  # 0 = no k-core filtering
   columns: str = ""  # generic csv: "user=uid,item=iid,time=ts,category=cat,behavior=type"
-  seed: int = 0
+  split_seed: int = 0  # valid/test negatives: the fixed evaluation sets, saved in the prepared folder
+  seed: int = 0  # train negatives (redrawn every epoch) and train order; not part of the prepared folder
   synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
+
+  def negatives_kind(self) -> str:
+    """The negative sampler in use: ``negatives``, with ``auto`` resolved per dataset."""
+    if self.negatives == "auto":
+      return "matched" if self.dataset == "synthetic" else "uniform"
+    return self.negatives
+
+  def validate(self) -> None:
+    """Raises ValueError naming the field for options that cannot work."""
+    if self.num_sessions < 1 or self.session_len < 1:
+      raise ValueError(f"data.num_sessions and data.session_len must be >= 1, got {self.num_sessions}, "
+                       f"{self.session_len}")
+    if self.neg_ratio < 0:
+      raise ValueError(f"data.neg_ratio must be >= 0, got {self.neg_ratio}")
+    if self.negatives != "auto" and self.negatives not in NEGATIVES:
+      raise ValueError(f"data.negatives: expected auto or one of {NEGATIVES}, got {self.negatives!r}")
+    if not self.neg_alpha >= 0:
+      raise ValueError(f"data.neg_alpha must be >= 0, got {self.neg_alpha}")
+    if self.hard_neg_frac is not None:
+      if not 0 <= self.hard_neg_frac <= 1:
+        raise ValueError(f"data.hard_neg_frac must be in [0, 1] (or None), got {self.hard_neg_frac}")
+      if self.negatives_kind() != "in_category":
+        raise ValueError(f"data.hard_neg_frac={self.hard_neg_frac} is only used by data.negatives=in_category "
+                         f"(this run uses {self.negatives_kind()!r}); unset it or choose in_category")
+    if self.target_position not in TARGET_POSITIONS:
+      raise ValueError(f"data.target_position: expected one of {TARGET_POSITIONS}, got {self.target_position!r}")
+    if self.max_train_targets_per_user < 0:
+      raise ValueError(f"data.max_train_targets_per_user must be >= 0 (0 = all), got "
+                       f"{self.max_train_targets_per_user}")

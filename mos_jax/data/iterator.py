@@ -10,11 +10,16 @@ Both backends produce the same batches in the same order and share one JSON stat
 - batching: the epoch's order is cut into index batches (``drop_remainder`` drops the short tail); Grain's
   ``MapDataset.source(index_batches).map(gather)`` (or the same list in numpy) fetches rows; with ``pad_to_full`` the
   last batch is filled to B with copies of row 0 whose ``weight`` is 0, so padded rows never count in losses or metrics.
+- per-epoch fields: ``epoch_fields(epoch)`` (e.g. ``PreparedDataset.epoch_fields``: that epoch's train negatives)
+  returns arrays that replace the same keys for the whole epoch; being a function of the epoch, a restored state
+  sees exactly the fields the uninterrupted run saw.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import Callable
 
 import numpy as np
 
@@ -43,7 +48,8 @@ class BatchIterator:
 
   def __init__(self, arrays: dict[str, np.ndarray], *, batch_size: int, seed: int, shuffle: bool,
                drop_remainder: bool, pad_to_full: bool = False, num_epochs: int | None = None, shard_index: int = 0,
-               shard_count: int = 1, backend: str = "auto"):
+               shard_count: int = 1, backend: str = "auto",
+               epoch_fields: Callable[[int], dict[str, np.ndarray]] | None = None):
     self.arrays = {k: np.asarray(v) for k, v in arrays.items()}
     sizes = {len(v) for v in self.arrays.values()}
     if len(sizes) != 1:
@@ -54,6 +60,7 @@ class BatchIterator:
     self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
     self.drop_remainder, self.pad_to_full, self.num_epochs = drop_remainder, pad_to_full, num_epochs
     self.shard_index, self.shard_count = shard_index, shard_count
+    self.epoch_fields = epoch_fields
     grain = _grain()
     if backend == "grain" and grain is None:
       raise ImportError("backend='grain' but grain is not installed; use backend='numpy' or 'auto'")
@@ -72,13 +79,25 @@ class BatchIterator:
     return epoch_order(self.num_examples, seed=self.seed, epoch=epoch, shuffle=self.shuffle,
                        shard_index=self.shard_index, shard_count=self.shard_count, pad=self.pad_to_full)
 
-  def _gather(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+  def _fields(self, epoch: int) -> dict[str, np.ndarray]:
+    """The arrays of one epoch: ``self.arrays`` with ``epoch_fields(epoch)`` swapped in (checked)."""
+    if self.epoch_fields is None:
+      return self.arrays
+    new = {k: np.asarray(v) for k, v in self.epoch_fields(epoch).items()}
+    for k, v in new.items():
+      if k not in self.arrays or v.shape != self.arrays[k].shape:
+        raise ValueError(f"epoch_fields({epoch}) gave {k!r} {v.shape}; expected one of the arrays' keys with the "
+                         f"same shape ({ {k: a.shape for k, a in self.arrays.items()}.get(k)})")
+    return {**self.arrays, **new}
+
+  def _gather(self, idx: np.ndarray, arrays: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    arrays = self.arrays if arrays is None else arrays
     idx = np.asarray(idx, np.int64)
     if self.pad_to_full and len(idx) < self.batch_size:
       idx = np.append(idx, np.full(self.batch_size - len(idx), -1))
     real = idx >= 0
     safe = np.where(real, idx, 0)
-    batch = {k: v[safe] for k, v in self.arrays.items()}
+    batch = {k: v[safe] for k, v in arrays.items()}
     w = batch["weight"] if "weight" in batch else np.ones(len(idx), np.float32)
     batch["weight"] = np.where(real, w, 0).astype(np.float32)
     return batch
@@ -88,9 +107,10 @@ class BatchIterator:
     if self._cached_epoch != epoch:
       order, B = self._order(epoch), self.batch_size
       index_batches = [order[b * B:(b + 1) * B] for b in range(self.batches_per_epoch)]
+      self._gather_epoch = functools.partial(self._gather, arrays=self._fields(epoch))
       if self.backend == "grain":
         # Batching indices before the source keeps Grain's per-element cost (~40 us) off the 1024-row batches.
-        self._ds = _grain().MapDataset.source(index_batches).map(self._gather)
+        self._ds = _grain().MapDataset.source(index_batches).map(self._gather_epoch)
       else:
         self._ds = index_batches
       self._cached_epoch = epoch
@@ -104,7 +124,7 @@ class BatchIterator:
       raise StopIteration
     ds = self._epoch_dataset(self.epoch)
     item = ds[self.step]
-    batch = item if self.backend == "grain" else self._gather(item)
+    batch = item if self.backend == "grain" else self._gather_epoch(item)
     self.step += 1
     if self.step == self.batches_per_epoch:
       self.epoch, self.step = self.epoch + 1, 0
@@ -123,8 +143,10 @@ class BatchIterator:
 
 def make_iterator(arrays: dict[str, np.ndarray], *, batch_size: int, seed: int, shuffle: bool, drop_remainder: bool,
                   pad_to_full: bool = False, num_epochs: int | None = None, shard_index: int = 0,
-                  shard_count: int = 1, backend: str = "auto") -> BatchIterator:
-  """Iterator over ``arrays`` (batch keys, leading axis N); see the module docstring for order and state."""
+                  shard_count: int = 1, backend: str = "auto",
+                  epoch_fields: Callable[[int], dict[str, np.ndarray]] | None = None) -> BatchIterator:
+  """Iterator over ``arrays`` (batch keys, leading axis N); see the module docstring for order, state and
+  ``epoch_fields``."""
   return BatchIterator(arrays, batch_size=batch_size, seed=seed, shuffle=shuffle, drop_remainder=drop_remainder,
                        pad_to_full=pad_to_full, num_epochs=num_epochs, shard_index=shard_index,
-                       shard_count=shard_count, backend=backend)
+                       shard_count=shard_count, backend=backend, epoch_fields=epoch_fields)

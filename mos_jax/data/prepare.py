@@ -16,6 +16,14 @@ from mos_jax.data.config import DataConfig, SyntheticConfig
 from mos_jax.data.readers import DataError
 
 
+def _bool(text: str) -> bool:
+  if text.lower() in ("1", "true", "yes"):
+    return True
+  if text.lower() in ("0", "false", "no"):
+    return False
+  raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--out", default=None, help="output folder (default: cache_dir/<dataset>-<fingerprint>)")
@@ -26,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
       default = f.default
       if isinstance(default, tuple):
         kind = lambda s: tuple(int(x) for x in s.split(","))  # noqa: E731  e.g. --syn-session-len 2,8
+      elif isinstance(default, bool):
+        kind = _bool
       else:
         kind = float if default is None else type(default)  # the only None default is hard_neg_frac
       p.add_argument(f"--{prefix}{f.name.replace('_', '-')}", dest=f"{prefix.replace('-', '_')}{f.name}",

@@ -109,8 +109,12 @@ def train(cfg: Config, *, on_step: Callable[[int], None] | None = None,
   metric, mode = early_stop_metric(cfg)
   executor = Executor(t, run.graphdef, run.tx, run.schedule, task, run.state, devices)
   ckpts = ckpt_lib.Checkpoints(workdir, keep=t.keep, async_save=t.async_checkpoints)
-  it = data_lib.make_iterator(run.dataset.split("train", task), batch_size=t.batch_size, seed=cfg.data.seed,
-                              shuffle=True, drop_remainder=True)
+  # data.seed drives the train order and the train negatives, redrawn every epoch (a function of the epoch, so a
+  # resumed run continues exactly); valid/test negatives are fixed in the prepared folder.
+  train_arrays = run.dataset.split("train", task, seed=cfg.data.seed)
+  epoch_fields = run.dataset.epoch_fields(train_arrays, seed=cfg.data.seed) if task == "ctr" else None
+  it = data_lib.make_iterator(train_arrays, batch_size=t.batch_size, seed=cfg.data.seed, shuffle=True,
+                              drop_remainder=True, epoch_fields=epoch_fields)
   loop = ckpt_lib.LoopState()
   start = ckpts.latest_step()
   if start is not None:
