@@ -36,7 +36,9 @@ def test_ctr_scores_exact():
                     [[0, 0, 0], [0, 0, 0]]])  # empty history
   a = {"items": items, "target_item": np.array([1, 2, 5, 6]), "label": np.ones(4), "user": np.arange(4)}
   out = rules.rule_outputs(ds, "test", "ctr", a)
-  assert list(out) == list(rules.RULE_NAMES)
+  assert list(out) == list(rules.RULE_NAMES) + [f"inv_{n}" for n in rules.RULE_NAMES]
+  for n in rules.RULE_NAMES:
+    np.testing.assert_array_equal(out[f"inv_{n}"], -out[n])
   np.testing.assert_array_equal(out["popularity"], [5, 1, 7, 3])
   np.testing.assert_array_equal(out["in_history"], [1, 0, 1, 0])
   np.testing.assert_array_equal(out["in_last_session"], [1, 0, 1, 0])
@@ -96,6 +98,8 @@ def test_ctr_generator_is_theme_recall_and_metrics_match(syn):
   np.testing.assert_array_equal(out["generator"], rule_scores(a, syn.events["item_theme"], syn.events["chain"])
                                 ["theme_recall"])
   res = rules.evaluate_rules(syn, "valid", "ctr", a)
+  assert res["inv_in_history"]["auc"] == pytest.approx(1 - res["in_history"]["auc"])
+  assert res["inv_in_history"]["gauc"] == pytest.approx(1 - res["in_history"]["gauc"])
   assert res["in_history"] == {"auc": metrics.auc(a["label"], out["in_history"]),
                                "gauc": metrics.gauc(a["label"], out["in_history"], a["user"]),
                                "num_examples": len(a["label"])}
@@ -122,7 +126,8 @@ def test_cli_prints_and_writes_json(syn, tmp_path, capsys):
   printed = capsys.readouterr().out
   assert "| generator |" in printed and "| rule | auc | gauc |" in printed
   saved = json.loads(out.read_text())
-  assert saved["split"] == "test" and set(saved["rules"]) == set(rules.RULE_NAMES) | {"generator"}
+  assert saved["split"] == "test" and set(saved["rules"]) == set(rules.RULE_NAMES) | {"generator"} | {
+      f"inv_{n}" for n in rules.RULE_NAMES}
   assert rules.main(["--data-dir", str(tmp_path), "--split", "test"]) == 2
 
 

@@ -11,6 +11,8 @@ and item facts computed from the training portion, so it has no information a mo
 - ``category_in_history``: number of history items whose category is the target's (count-weighted; unknown
   category 0 never matches).
 - ``recency``: ``1 / (1 + events after the target's last occurrence in the grid)``, 0 when absent.
+- ``inv_<rule>`` (CTR only): the negated score of each rule above, so a shortcut that runs the other way (AUC well
+  below 0.5: e.g. "positives are rare items") shows up as the trivial rule it is. Its AUC is 1 minus the rule's.
 - ``generator`` (synthetic only): the generator's own rule (``synthetic.rule_scores``' ``theme_recall``): 1 for the
   successor of the last history item of the target's theme, +0.5 if the history holds the theme at all.
 
@@ -149,6 +151,9 @@ def rule_outputs(dataset: PreparedDataset, split: str, task: str, arrays: dict[s
     out["in_last_session"] = (last == target[:, None]).any(1).astype(np.float64)
     out["category_in_history"] = ((flat_cat == tc[:, None]) & (tc[:, None] > 0)).sum(1).astype(np.float64)
     out["recency"] = np.where(flat == target[:, None], rec, 0.0).max(1)
+    # A rule far below 0.5 AUC is a shortcut too, read the other way round (e.g. on the Taobao head, positives are
+    # rarer items than uniform negatives): its inverse is a trivial rule of its own.
+    out.update({f"inv_{name}": -out[name] for name in RULE_NAMES})
     if synthetic:
       from mos_jax.data.synthetic import rule_scores  # noqa: PLC0415
       out["generator"] = rule_scores(a, ev["item_theme"], ev["chain"])["theme_recall"].astype(np.float64)
