@@ -138,6 +138,16 @@ def test_nmi_known_values():
   assert nmi([0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 1, 1]) == pytest.approx(mi / ((ha + hb) / 2), rel=1e-12)
 
 
+def test_nmi_and_purity_match_scikit_learn_on_random_labelings():
+  metrics = pytest.importorskip("sklearn.metrics")
+  rng = np.random.default_rng(0)
+  for n, ka, kb in ((50, 3, 4), (200, 8, 2), (7, 1, 3)):
+    a, b = rng.integers(0, ka, n), rng.integers(0, kb, n)
+    assert nmi(a, b) == pytest.approx(metrics.normalized_mutual_info_score(b, a), abs=1e-12)
+    c = metrics.cluster.contingency_matrix(b, a)  # rows: reference classes, columns: assigned groups
+    assert purity(a, b) == pytest.approx(c.max(axis=0).sum() / n)
+
+
 def test_compare_includes_empty_themes():
   res = compare(np.array([0, 0, 2, 2, 2]), np.array([7, 8, 8, 8, 8]), num_themes=3)
   assert res["labels"] == [7, 8] and res["counts"] == [[1, 1], [0, 0], [0, 3]]

@@ -54,12 +54,11 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> pathlib
 
 
 def palette(n: int, name: str = "tab10") -> list:
-  """``n`` distinct colours (cycled when the colormap has fewer)."""
+  """``n`` colours of a qualitative colormap (tab10, tab20, Dark2, ...), cycled when it has fewer."""
   from matplotlib import colormaps  # noqa: PLC0415
 
   cmap = colormaps[name]
-  m = getattr(cmap, "N", 256) if getattr(cmap, "N", 256) <= 20 else 20
-  return [cmap(i % m) for i in range(n)]
+  return [cmap(i % cmap.N) for i in range(n)]
 
 
 def summary(x: np.ndarray) -> dict[str, float | int]:
