@@ -152,6 +152,7 @@ def test_compare_includes_empty_themes():
   res = compare(np.array([0, 0, 2, 2, 2]), np.array([7, 8, 8, 8, 8]), num_themes=3)
   assert res["labels"] == [7, 8] and res["counts"] == [[1, 1], [0, 0], [0, 3]]
   assert res["sessions"] == 5 and res["purity"] == pytest.approx(4 / 5)
+  assert res["baseline_purity"] == pytest.approx(4 / 5)
   assert res["purity_per_theme"][0] == 0.5 and math.isnan(res["purity_per_theme"][1])
   assert res["majority_label_per_theme"] == [7, None, 8]
 
@@ -238,7 +239,8 @@ def test_routing_command_end_to_end(tiny_run, tmp_path):
   np.testing.assert_array_equal(np.sum(theme["counts"], 1), res["theme_sessions"])
   for v in (cat, theme):
     assert 0.0 <= v["purity"] <= 1.0 and 0.0 <= v["nmi"] <= 1.0
-    assert v["purity"] >= max(np.sum(v["counts"], 0)) / v["sessions"] - 1e-12  # never below one-cluster purity
+    assert v["baseline_purity"] == pytest.approx(max(np.sum(v["counts"], 0)) / v["sessions"])
+    assert v["purity"] >= v["baseline_purity"] - 1e-12  # never below the one-theme purity
   assert 0 <= res["kept_sessions_top1"] <= n_sessions and 0.0 <= res["dropped_fraction"] <= 1.0
   assert res["kept_sessions_top1"] == round(n_sessions * (1 - res["dropped_fraction"]))  # top_k = 1
   # Every row with history has fusion weights summing to 1 over the available experts.

@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             f"({res['sessions_per_user'].get('mean', 0):.1f} per user)")
       for k, v in res["by"].items():
         print(f"  by {k}: hop rate {v['hop_rate']}, hop-back rate {v['hop_back_rate']}, mean return distance "
-              f"{v['return_distance_sessions'].get('mean')} sessions, median {v['return_distance_hours'].get('median')} h")
+              f"{v['return_distance_sessions'].get('mean')} sessions, median "
+              f"{v['return_distance_hours'].get('median')} h")
     elif args.command == "routing":
       import jax  # noqa: PLC0415
 

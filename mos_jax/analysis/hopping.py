@@ -27,7 +27,8 @@ SPU_BINS = ["1", "2", "3-4", "5-9", "10-19", "20-49", "50-99", "100-199", ">=200
 
 def dominant_label(sid: np.ndarray, values: np.ndarray, valid: np.ndarray, num_sessions: int) -> np.ndarray:
   """int64 [num_sessions]: the most frequent valid value of each session's events; ties go to the smallest value;
-  -1 where a session has no valid event. ``sid`` int [E] session of each event, ``values`` int [E], ``valid`` bool [E]."""
+  -1 where a session has no valid event. ``sid`` int [E] session of each event, ``values`` int [E], ``valid``
+  bool [E]."""
   out = np.full(num_sessions, -1, np.int64)
   s, v = np.asarray(sid)[valid].astype(np.int64), np.asarray(values)[valid].astype(np.int64)
   if len(s) == 0:

@@ -66,7 +66,8 @@ def nmi(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def compare(assigned: np.ndarray, reference: np.ndarray, num_themes: int) -> dict[str, Any]:
-  """Theme x reference counts (all reference values), per-theme and overall purity, NMI."""
+  """Theme x reference counts (all reference values), per-theme and overall purity, the one-theme baseline purity
+  (share of the most common label), NMI."""
   va, vb, c = contingency(assigned, reference)
   full = np.zeros((num_themes, len(vb)), np.int64)
   full[va] = c
@@ -74,6 +75,8 @@ def compare(assigned: np.ndarray, reference: np.ndarray, num_themes: int) -> dic
   per_theme = np.where(sizes > 0, full.max(1) / np.maximum(sizes, 1), np.nan)
   return {"sessions": int(full.sum()), "labels": vb.tolist(), "counts": full.tolist(),
           "purity": purity(assigned, reference) if len(assigned) else None,
+          # purity if every session went to one theme: the level a routing unrelated to the labels starts from
+          "baseline_purity": float(full.sum(0).max() / full.sum()) if full.sum() else None,
           "purity_per_theme": per_theme.tolist(),
           "majority_label_per_theme": [int(vb[i]) if s > 0 else None for i, s in zip(full.argmax(1), sizes)],
           "nmi": nmi(assigned, reference) if len(assigned) else None}
@@ -200,7 +203,8 @@ def heatmap_figure(result: dict[str, Any], cat_names: np.ndarray | None) -> Figu
   for ax, (key, what) in zip(axes, panels):
     cmp = result["vs"][key]
     cols, names = _top_columns(cmp, cat_names if key == "category" else None, TOP_CATEGORIES)
-    _heat(ax, cols, names, f"routed theme x {what}: purity {cmp['purity']:.3f}, NMI {cmp['nmi']:.3f}")
+    _heat(ax, cols, names, f"routed theme x {what}: purity {cmp['purity']:.3f} (one theme: "
+          f"{cmp['baseline_purity']:.3f}), NMI {cmp['nmi']:.3f}")
   fig.tight_layout()
   return fig
 

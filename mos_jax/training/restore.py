@@ -1,4 +1,4 @@
-"""Restoring a trained run for evaluation or analysis: its best (or latest) checkpoint with the config it was saved with.
+"""Restoring a trained run for evaluation or analysis: its best (or latest) checkpoint and the config saved with it.
 
 ``restore_run(workdir, kind)`` is the restore logic of ``eval.py``: the best checkpoint by validation metric, falling
 back to the latest one when no validation finished; the saved config; one device (results do not depend on how
