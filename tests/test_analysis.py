@@ -6,6 +6,7 @@ import math
 import pathlib
 import shutil
 
+import jax
 import numpy as np
 import pytest
 
@@ -191,6 +192,14 @@ def test_curves_from_hand_written_logs(tmp_path):
     read_metrics(tmp_path / "nothing")
 
 
+def test_commands_report_bad_workdirs(tmp_path, capsys):
+  assert analysis_main(["curves", "--workdir", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
+  assert "metrics.jsonl: no such file" in capsys.readouterr().err
+  assert analysis_main(["routing", "--workdir", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
+  assert "no such directory" in capsys.readouterr().err
+  assert not (tmp_path / "o").exists()
+
+
 # ------------------------------------------------------------------------------------------------ routing (trained)
 
 STEPS = 2
@@ -274,9 +283,19 @@ def test_restore_run_falls_back_to_latest_and_reports_missing(tiny_run, tmp_path
   shutil.copytree(tiny_run, no_best)
   shutil.rmtree(no_best / "checkpoints" / "best")
   notes = []
-  cfg, run, executor, step, kind = restore_run(no_best, "best", note=notes.append)
+  restored = restore_run(no_best, "best", note=notes.append)
+  cfg, run, executor, step, kind = restored
   assert (step, kind) == (STEPS, "latest") and "no best checkpoint" in notes[0]
   assert cfg.model.num_sessions == 4 and executor.num_shards == 1
+  # The merged model holds the trained parameters: those of the saved state, not the fresh initial ones.
+  from flax import nnx  # noqa: PLC0415
+
+  got = jax.tree.leaves(nnx.state(restored.model, nnx.Param))
+  saved = jax.tree.leaves(executor.saveable_state().params)
+  fresh = jax.tree.leaves(run.state.params)
+  assert len(got) == len(saved) == len(fresh)
+  assert all(np.array_equal(a, b) for a, b in zip(got, saved))
+  assert not all(np.array_equal(a, b) for a, b in zip(got, fresh))
   with pytest.raises(CheckpointError, match="no such directory"):
     restore_run(tmp_path / "missing")
   (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
