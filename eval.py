@@ -13,7 +13,6 @@ JSON: ``{"split", "checkpoint", "step", "model", "dataset", "task", "metrics": {
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import pathlib
 import sys
@@ -130,42 +129,14 @@ def main(argv: list[str]) -> int:
   from mos_jax.training import checkpoint as ckpt_lib  # noqa: PLC0415
   from mos_jax.evaluation.slices import slice_masks, slice_metrics  # noqa: PLC0415
   from mos_jax.training.loop import write_json_atomic  # noqa: PLC0415
-  from mos_jax.training.parallel import Executor  # noqa: PLC0415
-  from mos_jax.training.setup import build_run  # noqa: PLC0415
+  from mos_jax.training.restore import restore_run  # noqa: PLC0415
 
   workdir = pathlib.Path(args.workdir).expanduser()
   try:
-    if not workdir.is_dir():
-      raise ckpt_lib.CheckpointError(f"--workdir={args.workdir}: no such directory")
-    ckpts = ckpt_lib.Checkpoints(workdir, read_only=True)
-    kind = args.checkpoint
-    step = ckpts.latest_step(kind)
-    if step is None and kind == "best":
-      kind, step = "latest", ckpts.latest_step("latest")
-      if step is not None:
-        print(f"note: no best checkpoint in {ckpts.root / 'best'} (no validation finished); using the latest, "
-              f"step {step}")
-    if step is None:
-      raise ckpt_lib.CheckpointError(f"no checkpoints in {ckpts.root} (did training with --workdir={args.workdir} "
-                                     f"save one?)")
-    cfg = ckpts.saved_config(step, kind)
-    saved_model = dataclasses.replace(cfg.model)
-    # Evaluate on one device: the result does not depend on how training was parallelised.
-    cfg.train.parallelism, cfg.train.mesh_data, cfg.train.mesh_expert = "mesh", 1, 1
-    if args.batch_size > 0:
-      cfg.train.eval_batch_size = args.batch_size
-    run = build_run(cfg)
-    changed = config_lib.diff(saved_model, run.cfg.model, prefix="model.")
-    if changed:
-      raise ckpt_lib.CheckpointError(
-          f"the dataset prepared from the saved config no longer matches the checkpoint: {changed} (checkpoint vs now)")
-    executor = Executor(cfg.train, run.graphdef, run.tx, run.schedule, cfg.data.task, run.state,
-                        devices=jax.devices()[:1])
-    state, _, _ = ckpts.restore(step, executor.abstract_state(run.state), kind=kind)
-    executor.load(state)
+    cfg, run, executor, step, kind = restore_run(workdir, args.checkpoint, eval_batch_size=args.batch_size,
+                                                 note=print)
     arrays = run.dataset.split(args.split, cfg.data.task)
     outputs = predict_split(executor, arrays, cfg)
-    ckpts.close()
     masks = slice_masks(arrays)
     slices = slice_metrics(arrays, outputs, task=cfg.data.task, masks=masks)
     rules = rule_slices(run.dataset, args.split, cfg.data.task, arrays, masks) if args.rules else None
