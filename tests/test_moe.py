@@ -324,8 +324,9 @@ def test_model_matches_loop_reference_forward_and_grad(name, dispatch):
   gdef, params, rest = nnx.split(model, nnx.Param, ...)
   assign = None if name == "dselect_k" else _assignments(model, batch)
   # Module state travels as jit arguments (never closed over): NNX refuses variables from another trace level.
+  # Training mode (dropout is 0): batch-level routing with capacity; evaluation routes per example (next tests).
   def fast(p, r):
-    out = nnx.merge(gdef, p, r)(batch, deterministic=True)
+    out = nnx.merge(gdef, p, r, copy=True)(batch, deterministic=False)
     return _bce(out.logits, batch["label"]), out
 
   def ref(p, r):
@@ -364,19 +365,20 @@ def test_padding_sessions_and_padding_rows_change_nothing(name):
   model = build_model(_cfg(name, dispatch="gather", moe=dict(capacity_factor=0.5)), rngs=nnx.Rngs(3))
   cfg_k = 2  # MoEConfig.top_k default
   batch = _batch(5)
-  base = model(batch, deterministic=True)
+  run = lambda b: model(b, deterministic=False)  # noqa: E731  training-mode routing (capacity over the batch)
+  base = run(batch)
   padded = dict(batch)
   for key in ("items", "cats"):  # one more (padding) session at the front
     padded[key] = np.concatenate([np.zeros((B, 1, T), np.int32), batch[key]], axis=1)
-  np.testing.assert_allclose(model(padded, deterministic=True).logits, base.logits, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(run(padded).logits, base.logits, rtol=1e-5, atol=1e-6)
   # Weight-0 rows (padding rows of an evaluation batch) take no expert slot: whatever they hold, the real rows'
   # outputs stay the same, and the slot counts cover real rows only.
   half = dict(batch, weight=np.array([0, 0, 1, 1], np.float32))  # padding rows first: they would win priority
   other = dict(half, items=batch["items"].copy())
   other["items"][:2] = _batch(9)["items"][:2]
-  a, b = model(half, deterministic=True), model(other, deterministic=True)
+  a, b = run(half), run(other)
   np.testing.assert_allclose(a.logits[2:], b.logits[2:], rtol=1e-6, atol=1e-7)
-  routed = model(dict(half, weight=np.ones(B, np.float32)), deterministic=True)
+  routed = run(dict(half, weight=np.ones(B, np.float32)))
   if name == "gshard":  # the check has teeth: routing the same rows as real ones does change rows 2-3 here
     assert not np.allclose(routed.logits[2:], a.logits[2:], rtol=1e-6, atol=1e-7)
   if name == "gshard":

@@ -19,6 +19,7 @@ class BackboneModel(nnx.Module):
   """embed -> encoder(x[B,S*T,D]) -> head. No routing: aux_loss = 0, metrics = {}."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.task = cfg.task
     self.embedder = Embedder(cfg, rngs=rngs)
     self.encoder = build_encoder(cfg, max_len=cfg.num_sessions * cfg.session_len, rngs=rngs)
     self.head = TaskHead(cfg, in_dim=self.encoder.out_dim, rngs=rngs)
@@ -26,6 +27,8 @@ class BackboneModel(nnx.Module):
   def __call__(self, batch: Mapping[str, jax.Array], *, deterministic: bool) -> ModelOutput:
     x, mask, target = self.embedder.embed_batch(batch)
     b, s, t, d = x.shape
-    u = self.encoder(x.reshape(b, s * t, d), mask.reshape(b, s * t), target, deterministic=deterministic)
+    # The target reaches the encoder only in CTR mode: in next-item mode it is the label.
+    tgt = target if self.task == "ctr" else None
+    u = self.encoder(x.reshape(b, s * t, d), mask.reshape(b, s * t), tgt, deterministic=deterministic)
     logits = self.head(u, target, self.embedder.item_table, deterministic=deterministic)
     return ModelOutput(logits, jnp.zeros((), jnp.float32), {})

@@ -40,9 +40,11 @@ def _einsum(x, mask, plan, weights, num_themes, capacity):
   e = jax.nn.one_hot(plan.expert, num_themes, dtype=jnp.float32)  # [B,S,k,K]
   c = jax.nn.one_hot(plan.slot, capacity, dtype=jnp.float32)  # [B,S,k,C]
   keep = plan.keep.astype(jnp.float32)
-  d = jnp.einsum("bsje,bsjc,bsj->bsec", e, c, keep)  # [B,S,K,C] 0/1 dispatch
-  dw = jnp.einsum("bsje,bsjc,bsj->bsec", e, c, keep * weights.astype(jnp.float32))  # weighted
+  # HIGHEST everywhere: a one-hot dispatch must copy exactly; default precision rounds float32 operands (bf16 passes
+  # on TPU, TF32 on GPU), which would perturb the gate weights and the session embeddings.
   hi = jax.lax.Precision.HIGHEST
+  d = jnp.einsum("bsje,bsjc,bsj->bsec", e, c, keep, precision=hi)  # [B,S,K,C] 0/1 dispatch
+  dw = jnp.einsum("bsje,bsjc,bsj->bsec", e, c, keep * weights.astype(jnp.float32), precision=hi)  # weighted
   # buffers[B,K,C,...] = sum_s dw[b,s,k,c] * x[b,s,...]; exactly one non-zero term per slot.
   buf = jnp.einsum("bskc,bs...->bkc...", dw, x.astype(jnp.float32), precision=hi)
   bmask = jnp.einsum("bskc,bs...->bkc...", d, mask.astype(jnp.float32), precision=hi)

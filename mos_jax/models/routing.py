@@ -104,13 +104,16 @@ def make_plan(expert: jax.Array, gate: jax.Array, valid: jax.Array, *, num_theme
 def gate_weights(gate: jax.Array, mode: str) -> jax.Array:
   """How dispatched sessions are scaled so that the router learns (ModelConfig.gate_scaling).
 
-  "multiply": by the gate itself; "straight_through": by 1 in value with the gate's gradient (g / stop_grad(g));
-  "none": by 1 (the router then gets no gradient from the experts, only from the aux losses).
+  "multiply": by the gate itself; "straight_through": by 1 in value with gradient 1 w.r.t. the gate
+  (1 + g - stop_grad(g)), so the router gets the gradient it would get under "multiply" at gate 1, never the x / g
+  blow-up of g / stop_grad(g) for small gates; "none": by 1 (the router then gets no gradient from the experts, only
+  from the aux losses). Where the gate is 0 (invalid or dropped choices) every mode gives weight 0.
   """
   if mode == "multiply":
     return gate
   if mode == "straight_through":
-    return gate / jax.lax.stop_gradient(jnp.maximum(gate, 1e-9))
+    # Zero gates (padding / label routing of invalid sessions) keep weight 0, as under "multiply".
+    return jnp.where(gate > 0, 1.0 + gate - jax.lax.stop_gradient(gate), 0.0)
   if mode == "none":
     return jnp.ones_like(gate)
   raise ValueError(f"ModelConfig.gate_scaling={mode!r}: expected 'multiply', 'straight_through' or 'none'")

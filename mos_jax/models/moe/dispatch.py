@@ -5,7 +5,8 @@ Two implementations of one interface, chosen by ``ModelConfig.dispatch``:
 * einsum: one-hot ``[B,E,C]`` masks contracted with the inputs (dense, MXU friendly, costs 2*B*E*C*F FLOPs);
 * gather: ``x[index]`` per slot and a scatter-add on the way back (no FLOPs beyond the gate multiply).
 
-Both give the same values and gradients (exactly for dispatch; to float rounding for combine when an example sits
+The einsums run at ``Precision.HIGHEST``: a one-hot dispatch must be an exact copy, and the default precision rounds
+float32 operands to bfloat16 (TPU) or TF32 (GPU). Both give the same values and gradients (exactly for dispatch; to float rounding for combine when an example sits
 in several slots, since the sum order may differ).
 """
 
@@ -15,6 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from mos_jax.models.moe.gating import Routing
+
+_HI = jax.lax.Precision.HIGHEST
 
 
 def _cast_back(y: jax.Array, dtype: jnp.dtype) -> jax.Array:
@@ -30,7 +33,7 @@ def dispatch_einsum(x: jax.Array, routing: Routing) -> jax.Array:
   num_tokens = x.shape[0]
   compute = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
   flat = x.reshape(num_tokens, -1).astype(compute)  # [B,F]
-  y = jnp.einsum("bec,bf->ecf", routing.dispatch.astype(compute), flat)  # [E,C,F]
+  y = jnp.einsum("bec,bf->ecf", routing.dispatch.astype(compute), flat, precision=_HI)  # [E,C,F]
   return _cast_back(y, x.dtype).reshape(y.shape[:2] + x.shape[1:])
 
 
@@ -43,7 +46,7 @@ def dispatch_gather(x: jax.Array, routing: Routing) -> jax.Array:
 
 def combine_einsum(y: jax.Array, routing: Routing) -> jax.Array:
   """Expert outputs [E,C,H] -> float32 [B,H]: sum over slots of gate * output."""
-  return jnp.einsum("bec,ech->bh", routing.combine, y.astype(jnp.float32))
+  return jnp.einsum("bec,ech->bh", routing.combine, y.astype(jnp.float32), precision=_HI)
 
 
 def combine_gather(y: jax.Array, routing: Routing) -> jax.Array:

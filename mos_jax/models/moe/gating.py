@@ -46,6 +46,11 @@ def capacity(num_tokens: int, num_experts: int, capacity_factor: float, k: int =
   return routing.capacity(num_tokens, num_experts, k, capacity_factor)  # MoS's rule, tokens = examples
 
 
+def expert_choice_eval_k(capacity_factor: float, num_experts: int) -> int:
+  """Experts per example of Expert Choice at evaluation: the training average E * C / B ~ cf, rounded, in [1, E]."""
+  return max(1, min(num_experts, round(capacity_factor)))
+
+
 def router_z_loss(logits: jax.Array, valid: jax.Array) -> jax.Array:
   """ST-MoE z-loss: mean over valid examples of logsumexp(logits)^2; the same rule as MoS's session router."""
   return routing.z_loss(logits, valid)
@@ -105,8 +110,9 @@ def top_k_routing(
   slot = jnp.swapaxes(slot_kb.reshape(k, num_tokens, num_experts), 0, 1).astype(jnp.int32)  # [B,k,E]
   slot_onehot = jax.nn.one_hot(slot, capacity, dtype=_F32)  # [B,k,E,C]; zero row when slot >= C
   # The k experts of an example are distinct, so summing over k never stacks two assignments in one (b, e).
-  dispatch = jnp.einsum("bke,bkec->bec", keep, slot_onehot)  # [B,E,C]
-  combine = jnp.einsum("bk,bke,bkec->bec", gates, keep, slot_onehot)  # [B,E,C]
+  hi = jax.lax.Precision.HIGHEST  # one-hot products: exact 0/1 masks and unrounded gates on every backend
+  dispatch = jnp.einsum("bke,bkec->bec", keep, slot_onehot, precision=hi)  # [B,E,C]
+  combine = jnp.einsum("bk,bke,bkec->bec", gates, keep, slot_onehot, precision=hi)  # [B,E,C]
   index, slot_valid = _index_from_dispatch(dispatch)
   num_assign = k * jnp.sum(v)
   metrics = {

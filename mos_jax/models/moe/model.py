@@ -54,6 +54,7 @@ class MoEModel(nnx.Module):
     self.top_k = moe.top_k
     self.capacity_factor = moe.capacity_factor if cfg.name == "gshard" else moe.expert_choice_capacity_factor
     self.normalize_gates = moe.normalize_gates
+    self.eval_top_k = gating.expert_choice_eval_k(moe.expert_choice_capacity_factor, moe.num_experts)
     self.dselect_k = moe.dselect_k
     self.gamma = moe.dselect_gamma
     self.entropy_weight = moe.dselect_entropy_weight
@@ -81,13 +82,22 @@ class MoEModel(nnx.Module):
     feats = routing_features(x, mask, target if self.task == "ctr" else None)
     return x, mask, target, feats, valid
 
-  def route(self, feats: jax.Array, valid: jax.Array) -> gating.Routing:
-    """Token-choice (GShard) or expert-choice routing of the B examples; capacity from the static B."""
+  def route(self, feats: jax.Array, valid: jax.Array, deterministic: bool = False) -> gating.Routing:
+    """Token-choice (GShard) or expert-choice routing of the B examples.
+
+    Training (``deterministic=False``) routes over the batch with capacity from the static B. Evaluation routes each
+    example on its own scores only, so predictions never depend on the evaluation batch (size, order or neighbours):
+    GShard with capacity B (nothing is dropped), Expert Choice as token choice of the top ``eval_top_k`` experts
+    (the number of experts an example gets on average in training) with the raw softmax gates (docs/baselines.md).
+    """
     logits = self.router(feats.astype(_F32))  # [B,E] float32
     num_tokens = feats.shape[0]
     if self.kind == "gshard":
-      cap = gating.capacity(num_tokens, self.num_experts, self.capacity_factor, k=self.top_k)
+      cap = num_tokens if deterministic else gating.capacity(num_tokens, self.num_experts, self.capacity_factor,
+                                                             k=self.top_k)
       return gating.top_k_routing(logits, valid, k=self.top_k, capacity=cap, normalize_gates=self.normalize_gates)
+    if deterministic:
+      return gating.top_k_routing(logits, valid, k=self.eval_top_k, capacity=num_tokens, normalize_gates=False)
     cap = gating.capacity(num_tokens, self.num_experts, self.capacity_factor)
     return gating.expert_choice_routing(logits, valid, capacity=cap)
 
@@ -107,7 +117,7 @@ class MoEModel(nnx.Module):
     return ModelOutput(logits, aux.astype(_F32), metrics)
 
   def _sparse(self, x, mask, target, feats, valid, deterministic):
-    r = self.route(feats, valid)
+    r = self.route(feats, valid, deterministic)
     send, gather_back = dispatch_lib.DISPATCHERS[self.dispatch]
     xe, me = send(x, r), send(mask, r)  # [E,C,L,D], [E,C,L]
     te = None if target is None else send(target, r)  # [E,C,D]
@@ -125,7 +135,7 @@ class MoEModel(nnx.Module):
     rep = lambda a: jnp.broadcast_to(a[None], (e,) + a.shape)  # noqa: E731  every expert sees every example
     h = apply_stacked_encoders(self.experts, rep(x), rep(mask), None if target is None else rep(target),
                                deterministic=deterministic)  # [E,B,H]
-    u = jnp.einsum("be,ebh->bh", w, h.astype(_F32))  # [B,H]
+    u = jnp.einsum("be,ebh->bh", w, h.astype(_F32), precision=jax.lax.Precision.HIGHEST)  # [B,H]
     # Unreachable-code penalty with weight 1 as in the reference implementation; exactly 0 when E is a power of 2.
     aux = self.entropy_weight * regs["selector_entropy"] + regs["unreachable_penalty"]
     v = valid.astype(_F32)
@@ -137,5 +147,6 @@ class MoEModel(nnx.Module):
         "expert_usage": usage / jnp.maximum(jnp.sum(usage), 1e-9),
         "router_entropy": routing.mean_entropy(wn, valid),
         "experts_per_example": jnp.sum((w > 1e-6) * v[:, None]) / n,  # experts with non-zero weight
+        "dropped_fraction": jnp.zeros((), _F32),  # dense: every example reaches every expert
     }
     return u, aux, metrics
