@@ -50,12 +50,6 @@ class TargetAttention(nnx.Module):
     return self.o(att.reshape(att.shape[0], -1))
 
 
-def target_attention_flops(embed_dim: int, attention_dim: int, length: int, keys: int | None = None) -> int:
-  """Matmul FLOPs of one TargetAttention call: projections of L items, scores / weighted sum over ``keys``."""
-  d, a, keys = embed_dim, attention_dim, length if keys is None else keys
-  return 2 * d * a + 2 * 2 * length * d * a + 2 * keys * a + 2 * keys * a + 2 * a * d
-
-
 def require_target(name: str, target: jax.Array | None) -> jax.Array:
   """The CTR target, or a ValueError naming the host (target-aware hosts have no next-item variant)."""
   if target is None:
