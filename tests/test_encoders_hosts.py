@@ -119,6 +119,19 @@ def test_next_item_mode(name):
     np.testing.assert_allclose(enc(x, mask, None, deterministic=True), enc(x, mask, t, deterministic=True))
 
 
+@pytest.mark.parametrize("name", HOSTS)
+def test_bfloat16_compute_float32_params(name):
+  enc = build_encoder(_cfg(dtype="bfloat16"), max_len=8, rngs=nnx.Rngs(0), name=name)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(enc, nnx.Param)))
+  x, mask, t = _data(4)
+  h = enc(jnp.asarray(x, jnp.bfloat16), mask, jnp.asarray(t, jnp.bfloat16), deterministic=True)
+  assert h.dtype == jnp.bfloat16 and h.shape == (3, H)
+  assert np.all(np.isfinite(np.asarray(h, np.float32)))
+  if name != "sdim":  # (bf16 rounding of x may flip a SimHash bit near a hyperplane)
+    want = np.asarray(build_encoder(_cfg(), max_len=8, rngs=nnx.Rngs(0), name=name)(x, mask, t, deterministic=True))
+    np.testing.assert_allclose(np.asarray(h, np.float32), want, atol=0.05 * np.abs(want).max() + 1e-3)
+
+
 def test_config_validation_names_the_field():
   cfg = _cfg(backbone="sdim")
   cfg.sdim.num_heads = 3
