@@ -28,6 +28,7 @@ from flax import nnx
 from mos_jax.models.config import ModelConfig
 from mos_jax.models.encoders.base import Encoder, register_encoder
 from mos_jax.models.encoders.selective_scan import selective_scan
+from mos_jax.models.host_configs import Mamba4RecConfig
 
 
 def compact(x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -43,7 +44,7 @@ def _uniform(bound: float):
 class MambaBlock(nnx.Module):
   """(x[N,L,D], mask[N,L]) -> [N,L,D]; mask marks valid positions, all of them after every padding position."""
 
-  def __init__(self, d: int, c, *, dtype, rngs: nnx.Rngs):
+  def __init__(self, d: int, c: Mamba4RecConfig, *, dtype, rngs: nnx.Rngs):
     e, r, nst, k = c.expand * d, math.ceil(d / 16), c.d_state, c.d_conv
     self.dtype, self.dt_rank, self.d_state, self.d_conv, self.scan_impl = dtype, r, nst, k, c.scan_impl
     if c.init == "mamba4rec":
@@ -58,7 +59,7 @@ class MambaBlock(nnx.Module):
         dt = jnp.maximum(dt, 1e-4)
         return dt + jnp.log(-jnp.expm1(-dt))  # inverse softplus
 
-    def linear(a, b, bias, **kw):
+    def linear(a, b, bias, **kw):  # explicit initialisers (dt_proj), else the mode's Linear init
       init = kw or lin or dict(kernel_init=_uniform(a**-0.5))
       return nnx.Linear(a, b, use_bias=bias, dtype=dtype, rngs=rngs, **init)
 
@@ -88,7 +89,7 @@ class MambaBlock(nnx.Module):
 
 
 class _MambaLayer(nnx.Module):
-  def __init__(self, d: int, c, num_layers: int, dropout: float, *, dtype, rngs: nnx.Rngs):
+  def __init__(self, d: int, c: Mamba4RecConfig, num_layers: int, dropout: float, *, dtype, rngs: nnx.Rngs):
     init = dict(kernel_init=nnx.initializers.normal(0.02), bias_init=nnx.initializers.zeros_init()) \
       if c.init == "mamba4rec" else {}
     self.residual = num_layers > 1  # Mamba4Rec: no residual around a single Mamba block
