@@ -70,9 +70,10 @@ def _sdim(cfg: ModelConfig, length: int) -> float:
 def _twin(cfg: ModelConfig, length: int) -> float:
   c, d = cfg.twin, cfg.embed_dim
   k = min(c.topk, length)
-  long = 2 * d * c.attention_dim + 2 * 2 * length * d * c.attention_dim + 2 * length * c.attention_dim  # q, K, V, scores
-  long += 2 * k * c.attention_dim + 2 * c.attention_dim * d  # weighted sum over the k selected, W_o
-  return long + _target_attention(d, c.attention_dim, length, length) + 2 * 2 * d * cfg.hidden_dim
+  a = c.attention_dim
+  long = 2 * d * a + 2 * 2 * length * d * a + 2 * length * a  # q, K and V, scores
+  long += 2 * k * a + 2 * a * d  # weighted sum over the k selected, W_o
+  return long + _target_attention(d, a, length, length) + 2 * 2 * d * cfg.hidden_dim
 
 
 def _transact(cfg: ModelConfig, length: int) -> float:
