@@ -10,6 +10,8 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from mos_jax.models.host_configs import DINConfig, Mamba4RecConfig, SDIMConfig, TransActConfig, TWINConfig
+
 MOE_MODELS = ("gshard", "expert_choice", "dselect_k")  # sequence-level MoE baselines (mos_jax.models.moe)
 MODEL_NAMES = ("mos", "backbone") + MOE_MODELS
 
@@ -56,7 +58,7 @@ class MoEConfig:
 @dataclasses.dataclass
 class ModelConfig:
   name: str = "mos"  # mos | backbone | gshard | expert_choice | dselect_k
-  backbone: str = "sasrec"  # encoder registry name: sasrec | gru4rec
+  backbone: str = "sasrec"  # encoder registry name: sasrec | gru4rec | din | transact | sdim | twin | mamba4rec
   # Filled from the prepared dataset by the training code:
   task: str = "ctr"  # ctr | next
   num_items: int = 0  # largest item id (0 = padding)
@@ -97,6 +99,12 @@ class ModelConfig:
   balance_loss_weight: float = 0.01
   z_loss_weight: float = 0.001
   moe: MoEConfig = dataclasses.field(default_factory=MoEConfig)
+  # Per-host settings (host_configs.py); only the one named by `backbone` is used.
+  din: DINConfig = dataclasses.field(default_factory=DINConfig)
+  transact: TransActConfig = dataclasses.field(default_factory=TransActConfig)
+  sdim: SDIMConfig = dataclasses.field(default_factory=SDIMConfig)
+  twin: TWINConfig = dataclasses.field(default_factory=TWINConfig)
+  mamba4rec: Mamba4RecConfig = dataclasses.field(default_factory=Mamba4RecConfig)
 
   @property
   def compute_dtype(self):
@@ -142,6 +150,8 @@ class ModelConfig:
       bad("dropout", self.dropout, "in [0, 1)")
     if self.name in MOE_MODELS:
       self.moe.validate()
+    if self.backbone in ("din", "transact", "sdim", "twin", "mamba4rec"):
+      getattr(self, self.backbone).validate()
     if self.name == "mos" and not (self.use_theme_experts or self.use_global_expert or self.use_short_expert):
       bad("use_theme_experts", False, "at least one of use_theme_experts/use_global_expert/use_short_expert")
     return self

@@ -49,8 +49,54 @@ def _gru4rec(cfg: ModelConfig, length: int) -> float:
   return 2 * length * d * 3 * h + 2 * length * h * 3 * h  # input projection (all steps) + recurrent matmul per step
 
 
-ENCODER_FLOPS: dict[str, Callable[[ModelConfig, int], float]] = {"sasrec": _sasrec, "gru4rec": _gru4rec}
-TARGET_BLIND = ("sasrec", "gru4rec")  # hosts that ignore the CTR target
+def _din(cfg: ModelConfig, length: int) -> float:
+  d, widths = cfg.embed_dim, (4 * cfg.embed_dim, *cfg.din.attention_units, 1)
+  unit = sum(2 * length * a * b for a, b in zip(widths[:-1], widths[1:]))  # activation unit on every position
+  return unit + 2 * length * d + 2 * d * cfg.hidden_dim  # + weighted sum + output projection
+
+
+def _target_attention(d: int, a: int, length: int, keys: int) -> float:
+  """q (1 row), K and V (all positions), scores and weighted sum over ``keys``, W_o."""
+  return 2 * d * a + 2 * 2 * length * d * a + 2 * keys * a + 2 * keys * a + 2 * a * d
+
+
+def _sdim(cfg: ModelConfig, length: int) -> float:
+  c, d = cfg.sdim, cfg.embed_dim
+  hashes = 2 * (length + 1) * d * c.num_hashes * c.hash_bits  # rotations of the items and the target
+  long = 2 * length * c.num_hashes * d  # per-hash collision-weighted sums
+  return hashes + long + _target_attention(d, c.attention_dim, length, length) + 2 * 2 * d * cfg.hidden_dim
+
+
+def _twin(cfg: ModelConfig, length: int) -> float:
+  c, d = cfg.twin, cfg.embed_dim
+  k = min(c.topk, length)
+  a = c.attention_dim
+  long = 2 * d * a + 2 * 2 * length * d * a + 2 * length * a  # q, K and V, scores
+  long += 2 * k * a + 2 * a * d  # weighted sum over the k selected, W_o
+  return long + _target_attention(d, a, length, length) + 2 * 2 * d * cfg.hidden_dim
+
+
+def _transact(cfg: ModelConfig, length: int) -> float:
+  c, n = cfg.transact, length
+  e = (2 if c.early_fusion else 1) * cfg.embed_dim
+  per_block = 2 * n * e * 3 * e + 2 * n * n * e + 2 * n * n * e + 2 * n * e * e + 2 * 2 * n * e * c.ffn_dim
+  out = 2 * c.last_k * n * e + (2 * e * e if c.max_pool else 0)  # one-hot last-k pick, max-pool projection
+  return cfg.num_layers * per_block + out + 2 * (c.last_k + int(c.max_pool)) * e * cfg.hidden_dim
+
+
+def _mamba4rec(cfg: ModelConfig, length: int) -> float:
+  # The conv (2*L*E*d_conv) and the scan (~9*L*E*Nst) are element-wise in the code, so not counted (module docstring).
+  c, d, n = cfg.mamba4rec, cfg.embed_dim, length
+  e, r = c.expand * cfg.embed_dim, -(-cfg.embed_dim // 16)
+  block = 2 * n * d * 2 * e + 2 * n * e * (r + 2 * c.d_state) + 2 * n * r * e + 2 * n * e * d
+  ffn = 2 * 2 * n * d * 4 * d
+  return cfg.num_layers * (block + ffn) + (2 * d * cfg.hidden_dim if cfg.hidden_dim != d else 0)
+
+
+ENCODER_FLOPS: dict[str, Callable[[ModelConfig, int], float]] = {
+  "sasrec": _sasrec, "gru4rec": _gru4rec, "din": _din, "sdim": _sdim, "twin": _twin, "transact": _transact,
+  "mamba4rec": _mamba4rec}
+TARGET_BLIND = ("sasrec", "gru4rec", "mamba4rec")  # hosts that ignore the CTR target
 
 
 def encoder_flops(cfg: ModelConfig, length: int) -> float:
