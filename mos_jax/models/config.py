@@ -53,6 +53,63 @@ class MoEConfig:
     return self
 
 
+SASREC_NORMS = ("pre", "post")
+SASREC_POSITIONS = ("recency", "oldest")
+ACTIVATIONS = ("gelu_tanh", "gelu", "relu")
+
+
+@dataclasses.dataclass
+class SASRecConfig:
+  """SASRec encoder options (encoders/sasrec.py). The defaults are this project's encoder; docs/protocol.md gives the
+  values that reproduce RecBole's SASRec (configs/ml100k_sasrec.py sets them)."""
+
+  norm: str = "pre"  # pre: x + f(LN(x)) | post: LN(x + f(x)) (BERT / RecBole)
+  input_norm: bool = False  # LayerNorm on item + position embedding, before the input dropout (RecBole)
+  final_norm: bool = True  # LayerNorm after the last block (pre-LN needs one; RecBole's post-LN stack has none)
+  out_proj: bool = True  # Linear D -> H on the output; False needs hidden_dim == embed_dim (RecBole: none)
+  positions: str = "recency"  # recency: 0 = most recent valid item | oldest: 0 = oldest valid item kept (RecBole)
+  activation: str = "gelu_tanh"  # feed-forward: gelu_tanh (jax.nn.gelu default) | gelu (exact, erf) | relu
+  layer_norm_eps: float = 1e-6  # Flax's default; RecBole 1e-12
+  init_std: float = 0.0  # 0: Flax defaults; > 0: normal(std) Linear kernels and position table, zero biases
+  attn_dropout: float = 0.0  # dropout on the attention probabilities (RecBole attn_dropout_prob)
+
+  def validate(self, embed_dim: int, hidden_dim: int) -> "SASRecConfig":
+    """Raises ValueError naming the offending field; returns self."""
+
+    def bad(field, value, expected):
+      raise ValueError(f"ModelConfig.sasrec.{field}={value!r}: expected {expected}")
+
+    for field, allowed in (("norm", SASREC_NORMS), ("positions", SASREC_POSITIONS), ("activation", ACTIVATIONS)):
+      if getattr(self, field) not in allowed:
+        bad(field, getattr(self, field), f"one of {allowed}")
+    if not self.out_proj and hidden_dim != embed_dim:
+      bad("out_proj", False, f"True unless hidden_dim ({hidden_dim}) == embed_dim ({embed_dim})")
+    if self.layer_norm_eps <= 0:
+      bad("layer_norm_eps", self.layer_norm_eps, "> 0")
+    if self.init_std < 0:
+      bad("init_std", self.init_std, ">= 0 (0 = Flax default initialisers)")
+    if not 0.0 <= self.attn_dropout < 1.0:
+      bad("attn_dropout", self.attn_dropout, "in [0, 1)")
+    return self
+
+
+GRU_INITS = ("flax", "xavier")
+
+
+@dataclasses.dataclass
+class GRU4RecConfig:
+  """GRU4Rec encoder options (encoders/gru4rec.py); RecBole's GRU4Rec is bias=False, init='xavier'."""
+
+  bias: bool = True  # biases in the GRU gates (PyTorch's nn.GRU(bias=False) has none)
+  init: str = "flax"  # flax: lecun-normal kernels | xavier: xavier-uniform kernels (RecBole)
+
+  def validate(self) -> "GRU4RecConfig":
+    """Raises ValueError naming the offending field; returns self."""
+    if self.init not in GRU_INITS:
+      raise ValueError(f"ModelConfig.gru4rec.init={self.init!r}: expected one of {GRU_INITS}")
+    return self
+
+
 @dataclasses.dataclass
 class ModelConfig:
   name: str = "mos"  # mos | backbone | gshard | expert_choice | dselect_k
@@ -97,6 +154,9 @@ class ModelConfig:
   balance_loss_weight: float = 0.01
   z_loss_weight: float = 0.001
   moe: MoEConfig = dataclasses.field(default_factory=MoEConfig)
+  # Encoder options (docs/protocol.md): each used only by its encoder.
+  sasrec: SASRecConfig = dataclasses.field(default_factory=SASRecConfig)
+  gru4rec: GRU4RecConfig = dataclasses.field(default_factory=GRU4RecConfig)
 
   @property
   def compute_dtype(self):
@@ -142,6 +202,10 @@ class ModelConfig:
       bad("dropout", self.dropout, "in [0, 1)")
     if self.name in MOE_MODELS:
       self.moe.validate()
+    if self.backbone == "sasrec":
+      self.sasrec.validate(self.embed_dim, self.hidden_dim)
+    if self.backbone == "gru4rec":
+      self.gru4rec.validate()
     if self.name == "mos" and not (self.use_theme_experts or self.use_global_expert or self.use_short_expert):
       bad("use_theme_experts", False, "at least one of use_theme_experts/use_global_expert/use_short_expert")
     return self
