@@ -54,7 +54,10 @@ def last_valid(h: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 class _Block(nnx.Module):
-  """Pre-LN block: x + MHA(LN(x)); x + FFN(LN(x)). Post-LN (``cfg.sasrec.norm='post'``): LN(x + MHA(x)); LN(x + FFN(x))."""
+  """Pre-LN block: x + MHA(LN(x)); x + FFN(LN(x)).
+
+  Post-LN (``cfg.sasrec.norm='post'``, BERT / RecBole): LN(x + MHA(x)); LN(x + FFN(x)).
+  """
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     d, dt, opt = cfg.embed_dim, cfg.compute_dtype, cfg.sasrec
