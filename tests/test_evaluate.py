@@ -105,6 +105,7 @@ def _expected(ranks, ks=(5, 10, 20, 50)):
   out = {f"hr@{k}": float(np.mean(r <= k)) for k in ks}
   out.update({f"ndcg@{k}": float(np.mean(np.where(r <= k, 1 / np.log2(r + 1), 0))) for k in ks})
   out["mrr"] = float(np.mean(1 / r))
+  out.update({f"mrr@{k}": float(np.mean(np.where(r <= k, 1 / r, 0))) for k in ks})
   out["num_examples"] = len(r)
   return out
 

@@ -136,7 +136,11 @@ def test_ranking_metrics_exact_values():
   assert out["ndcg@10"] == pytest.approx(ndcg10, abs=1e-15)
   assert out["ndcg@50"] == pytest.approx(ndcg10, abs=1e-15)
   assert out["mrr"] == pytest.approx((1 + 1 / 2 + 1 / 3 + 1 / 10 + 1 / 60) / 5, abs=1e-15)  # no cutoff
-  assert set(out) == {"hr@1", "hr@3", "hr@10", "hr@50", "ndcg@1", "ndcg@3", "ndcg@10", "ndcg@50", "mrr"}
+  assert out["mrr@3"] == pytest.approx((1 + 1 / 2 + 1 / 3) / 5, abs=1e-15)  # RecBole's MRR@K: 0 beyond K
+  assert out["mrr@10"] == pytest.approx((1 + 1 / 2 + 1 / 3 + 1 / 10) / 5, abs=1e-15)
+  assert out["mrr@1"] == 1 / 5 and out["mrr@50"] == out["mrr@10"]
+  assert set(out) == {"hr@1", "hr@3", "hr@10", "hr@50", "ndcg@1", "ndcg@3", "ndcg@10", "ndcg@50", "mrr",
+                      "mrr@1", "mrr@3", "mrr@10", "mrr@50"}
 
 
 def test_ranking_metrics_match_recbole_style_topk_loop():

@@ -1,4 +1,7 @@
-"""Backbone encoders: masking, empty rows, GRU against a loop, stacked encoders against a loop, registry."""
+"""Backbone encoders: masking, empty rows, GRU against a loop, stacked encoders against a loop, registry, and the
+RecBole-fidelity options (post-LN SASRec against a numpy reference, init, attention dropout, bias-free GRU)."""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -7,15 +10,20 @@ import pytest
 from flax import nnx
 
 from mos_jax.models import ModelConfig, apply_stacked_encoders, build_encoder, build_stacked_encoders, register_encoder
+from mos_jax.models.config import GRU4RecConfig, SASRecConfig
 from mos_jax.models.encoders import Encoder, GRU4Rec
+from mos_jax.models.encoders.sasrec import oldest_positions, recency_positions
 
 CFG = ModelConfig(num_items=10, embed_dim=8, hidden_dim=6, num_heads=2, num_sessions=3, session_len=2, dropout=0.0)
 MAX_LEN = 6
 
 
-@pytest.fixture(scope="module", params=["sasrec", "gru4rec"])
+@pytest.fixture(scope="module", params=["sasrec", "gru4rec", "sasrec_recbole", "gru4rec_recbole"])
 def encoder(request):
-  enc = build_encoder(CFG, max_len=MAX_LEN, rngs=nnx.Rngs(0), name=request.param)
+  name, _, variant = request.param.partition("_")
+  cfg = CFG if not variant else dataclasses.replace(  # the RecBole options (docs/protocol.md)
+    CFG, hidden_dim=8, sasrec=RECBOLE_SASREC, gru4rec=GRU4RecConfig(bias=False, init="xavier"))
+  enc = build_encoder(cfg, max_len=MAX_LEN, rngs=nnx.Rngs(0), name=name)
   graphdef, state = nnx.split(enc)
   fwd = jax.jit(lambda st, x, m: nnx.merge(graphdef, st)(x, m, None, deterministic=True))
   return state, fwd
@@ -125,3 +133,160 @@ def test_bfloat16_compute_float32_params():
     h = jax.jit(lambda st, x, m: nnx.merge(graphdef, st)(x, m, deterministic=True))(
       state, jnp.ones((2, 4, 8), jnp.bfloat16), jnp.ones((2, 4), bool))
     assert h.dtype == jnp.bfloat16 and h.shape == (2, 6) and np.all(np.isfinite(np.asarray(h, np.float32)))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# RecBole-fidelity options (cfg.sasrec, cfg.gru4rec; docs/protocol.md).
+
+RECBOLE_SASREC = SASRecConfig(norm="post", input_norm=True, final_norm=False, out_proj=False, positions="oldest",
+                              activation="gelu", layer_norm_eps=1e-12, init_std=0.02, attn_dropout=0.5)
+
+
+def _cfg(**kw) -> ModelConfig:
+  base = dict(num_items=10, embed_dim=8, hidden_dim=8, num_heads=2, num_sessions=3, session_len=2, dropout=0.0)
+  return ModelConfig(**{**base, **kw})
+
+
+def test_oldest_positions_count_valid_items_before():
+  mask = jnp.array([[False, True, False, True, True], [True, True, True, True, True]])
+  np.testing.assert_array_equal(oldest_positions(mask, 5), [[0, 0, 1, 1, 2], [0, 1, 2, 3, 4]])
+  np.testing.assert_array_equal(oldest_positions(mask, 3)[1], [0, 1, 2, 2, 2])  # clipped to max_len - 1
+  np.testing.assert_array_equal(recency_positions(mask, 5), [[3, 2, 2, 1, 0], [4, 3, 2, 1, 0]])
+
+
+def _np_layer_norm(x, scale, bias, eps):
+  mu = x.mean(-1, keepdims=True)
+  var = ((x - mu) ** 2).mean(-1, keepdims=True)
+  return (x - mu) / np.sqrt(var + eps) * scale + bias
+
+
+def test_sasrec_recbole_options_match_numpy_reference():
+  """Post-LN, input LN, positions from the oldest item, exact GELU, no final LN / projection: a numpy re-derivation
+  of RecBole's SASRec forward (one layer, eval mode) on a left-padded row and a full row."""
+  from scipy.special import erf  # noqa: PLC0415
+
+  # init_std 0.5 instead of 0.02: O(1) pre-activations, where exact and tanh GELU differ by ~1e-3.
+  cfg = _cfg(num_layers=1, ffn_multiplier=2, sasrec=dataclasses.replace(RECBOLE_SASREC, init_std=0.5))
+  enc = build_encoder(cfg, max_len=4, rngs=nnx.Rngs(3), name="sasrec")
+  p = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(enc, nnx.Param)))
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(2, 4, 8)).astype(np.float32)
+  mask = np.array([[False, True, True, True], [True, True, True, True]])
+  eps = 1e-12
+  lin = lambda q, name: q @ name["kernel"] + name["bias"]  # noqa: E731
+  blk = p["blocks"][0]
+  out = np.zeros((2, 8))
+  for n in range(2):
+    xs = x[n][mask[n]]  # RecBole's right-padded copy, padding dropped (it is masked as a key anyway)
+    L = len(xs)
+    h = _np_layer_norm(xs + p["pos"]["embedding"][:L], p["in_norm"]["scale"], p["in_norm"]["bias"], eps)
+    q, k, v = np.split(lin(h, blk["qkv"]), 3, axis=-1)
+    att = np.zeros_like(h)
+    for head in range(2):
+      sl = slice(4 * head, 4 * head + 4)
+      s = q[:, sl] @ k[:, sl].T / 2.0 + np.triu(np.full((L, L), -1e9), 1)
+      w = np.exp(s - s.max(-1, keepdims=True))
+      att[:, sl] = (w / w.sum(-1, keepdims=True)) @ v[:, sl]
+    h = _np_layer_norm(h + lin(att, blk["proj"]), blk["norm1"]["scale"], blk["norm1"]["bias"], eps)
+    f = lin(h, blk["ff1"])
+    f = 0.5 * f * (1 + erf(f / np.sqrt(2)))
+    h = _np_layer_norm(h + lin(f, blk["ff2"]), blk["norm2"]["scale"], blk["norm2"]["bias"], eps)
+    out[n] = h[-1]
+  np.testing.assert_allclose(enc(x, mask, None, deterministic=True), out, rtol=1e-4, atol=1e-5)
+  assert enc.norm is None and enc.out is None and enc.out_dim == 8
+
+
+def test_sasrec_recbole_init_and_default_tree():
+  enc = build_encoder(_cfg(num_layers=1, sasrec=RECBOLE_SASREC), max_len=50, rngs=nnx.Rngs(0), name="sasrec")
+  p = nnx.to_pure_dict(nnx.state(enc, nnx.Param))
+  blk = p["blocks"][0]
+  for name in ("qkv", "proj", "ff1", "ff2"):
+    assert np.all(np.asarray(blk[name]["bias"]) == 0)
+  kernels = np.concatenate([np.ravel(blk[n]["kernel"]) for n in ("qkv", "proj", "ff1", "ff2")]
+                           + [np.ravel(p["pos"]["embedding"])])
+  assert abs(kernels.std() - 0.02) < 0.002
+  assert enc.in_norm.epsilon == 1e-12 and blk["norm1"]["scale"].shape == (8,)
+  # The defaults keep today's tree: no input LN, a final LN and the output projection.
+  default = nnx.to_pure_dict(nnx.state(build_encoder(_cfg(num_layers=1), max_len=4, rngs=nnx.Rngs(0),
+                                                     name="sasrec"), nnx.Param))
+  assert sorted(default) == ["blocks", "norm", "out", "pos"]
+  assert sorted(p) == ["blocks", "in_norm", "pos"]
+
+
+def test_sasrec_attention_dropout_only_in_training():
+  opt = SASRecConfig(attn_dropout=0.5)
+  enc = build_encoder(_cfg(sasrec=opt), max_len=4, rngs=nnx.Rngs(0), name="sasrec")
+  x = jnp.array(np.random.default_rng(0).normal(size=(2, 4, 8)), jnp.float32)
+  mask = jnp.ones((2, 4), bool)
+  ev = enc(x, mask, deterministic=True)
+  np.testing.assert_allclose(enc(x, mask, deterministic=True), ev)
+  assert not np.allclose(enc(x, mask, deterministic=False), ev, atol=1e-4)  # hidden dropout is 0: attention's
+  # With attn_dropout = 0 the same parameters give the same eval output (the option adds no parameters).
+  plain = build_encoder(_cfg(), max_len=4, rngs=nnx.Rngs(0), name="sasrec")
+  nnx.update(plain, nnx.state(enc, nnx.Param))
+  np.testing.assert_allclose(plain(x, mask, deterministic=True), ev, rtol=1e-6)
+
+
+@pytest.mark.parametrize("field,value,match", [
+  ("norm", "sandwich", r"ModelConfig.sasrec.norm='sandwich': expected one of \('pre', 'post'\)"),
+  ("positions", "absolute", r"ModelConfig.sasrec.positions='absolute'"),
+  ("activation", "swish", r"ModelConfig.sasrec.activation='swish'"),
+  ("out_proj", False, r"ModelConfig.sasrec.out_proj=False: expected True unless hidden_dim \(6\) == embed_dim \(8\)"),
+  ("attn_dropout", 1.0, r"ModelConfig.sasrec.attn_dropout=1.0: expected in \[0, 1\)"),
+])
+def test_sasrec_options_validated(field, value, match):
+  cfg = _cfg(hidden_dim=6)
+  setattr(cfg.sasrec, field, value)
+  with pytest.raises(ValueError, match=match):
+    cfg.validate()
+
+
+def test_gru4rec_options_validated_and_only_for_their_backbone():
+  cfg = _cfg(backbone="gru4rec", gru4rec=GRU4RecConfig(init="orthogonal"))
+  with pytest.raises(ValueError, match=r"ModelConfig.gru4rec.init='orthogonal': expected one of \('flax', 'xavier'\)"):
+    cfg.validate()
+  cfg.backbone = "sasrec"
+  cfg.validate()  # an unused encoder's options are not checked
+
+
+def test_gru4rec_no_bias_xavier_matches_loop():
+  cfg = _cfg(embed_dim=8, hidden_dim=6, gru4rec=GRU4RecConfig(bias=False, init="xavier"))
+  enc = build_encoder(cfg, max_len=MAX_LEN, rngs=nnx.Rngs(1), name="gru4rec")
+  assert enc.inp.bias is None and enc.rec.bias is None
+  wi, wh = np.asarray(enc.inp.kernel[...]), np.asarray(enc.rec.kernel[...])
+  bound = np.sqrt(6 / (8 + 18))  # xavier_uniform over PyTorch's weight_ih_l0 [3H, E]
+  assert np.abs(wi).max() <= bound and np.abs(wi).max() > 0.8 * bound
+  assert np.abs(wh).max() <= np.sqrt(6 / (6 + 18))
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(2, 3, 8)).astype(np.float32)
+  mask = np.array([[True, False, True], [True, True, True]])
+  sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+  out = np.zeros((2, 6), np.float32)
+  for n in range(2):
+    h = np.zeros(6)
+    for t in np.flatnonzero(mask[n]):
+      gi, gh = x[n, t] @ wi, h @ wh
+      r, z = sig(gi[:6] + gh[:6]), sig(gi[6:12] + gh[6:12])
+      h = (1 - z) * np.tanh(gi[12:] + r * gh[12:]) + z * h
+    out[n] = h
+  np.testing.assert_allclose(enc(x, mask, None, deterministic=True), out, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,num_params", [
+  # RecBole SASRec without its item table: positions 50*64, input LN 2*64, per layer 4 Linear 64->64 (q, k, v, out),
+  # FFN 64->256->64 and two LNs: 2 * (4*4160 + 16640 + 16448 + 2*128).
+  ("sasrec", 50 * 64 + 128 + 2 * (4 * 4160 + 16640 + 16448 + 256)),
+  ("gru4rec", 3 * 128 * 64 + 3 * 128 * 128),  # nn.GRU(64, 128, bias=False)
+])
+def test_protocol_configs_have_recbole_encoder_sizes(name, num_params):
+  import pathlib  # noqa: PLC0415
+
+  from mos_jax.config import load_config_file  # noqa: PLC0415
+
+  cfg = load_config_file(pathlib.Path(__file__).resolve().parents[1] / "configs" / f"ml100k_{name}.py")
+  assert (cfg.data.num_sessions, cfg.data.session_len, cfg.data.chunk_len, cfg.data.session_mode) == (50, 1, 1, "chunk")
+  m = cfg.model
+  m.num_items, m.num_sessions, m.session_len = 1682, 50, 1
+  m.validate()
+  enc = build_encoder(m, max_len=50, rngs=nnx.Rngs(0))
+  assert sum(p.size for p in jax.tree.leaves(nnx.state(enc, nnx.Param))) == num_params

@@ -227,7 +227,7 @@ def evaluate(predict_fn: Callable[[Mapping[str, Any]], Any], batches: Iterable[M
     logloss_eps: probability clipping of the CTR logloss (FuxiCTR: 1e-7).
 
   Returns:
-    CTR: ``logloss``, ``auc``, ``gauc``, ``num_examples``. Next-item: ``hr@K`` and ``ndcg@K`` for each K,
+    CTR: ``logloss``, ``auc``, ``gauc``, ``num_examples``. Next-item: ``hr@K``, ``ndcg@K`` and ``mrr@K`` for each K,
     ``mrr``, ``num_examples``. ``auc``/``gauc`` are NaN when undefined (one label class).
   """
   _check_options(task, ties)

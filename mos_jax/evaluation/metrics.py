@@ -14,8 +14,8 @@ CTR metrics follow FuxiCTR's ``fuxictr/metrics.py`` so that numbers can be compa
 
 Next-item metrics follow the full-ranking protocol of RecBole / HSTU for one target per example, given the 1-based
 rank of the target among all candidate items (see ``ranks_from_scores`` and docs/metrics.md for the tie rule):
-``HR@K = [rank <= K]``, ``NDCG@K = [rank <= K] / log2(rank + 1)``, ``MRR = 1 / rank`` (no cutoff), each averaged
-over examples.
+``HR@K = [rank <= K]``, ``NDCG@K = [rank <= K] / log2(rank + 1)``, ``MRR = 1 / rank`` (no cutoff),
+``MRR@K = [rank <= K] / rank``, each averaged over examples.
 """
 
 from __future__ import annotations
@@ -184,10 +184,10 @@ def ranks_from_scores(scores, targets, *, exclude=None, ties: str = "pessimistic
 
 
 def ranking_metrics(ranks, ks: Sequence[int] = (5, 10, 20, 50)) -> dict[str, float]:
-  """HR@K, NDCG@K for each K, and MRR from 1-based target ranks (one relevant item per example).
+  """HR@K, NDCG@K, MRR@K for each K, and MRR from 1-based target ranks (one relevant item per example).
 
   ``hr@K = mean([r <= K])``, ``ndcg@K = mean([r <= K] / log2(r + 1))`` (the ideal DCG of a single relevant item
-  is 1), ``mrr = mean(1 / r)`` over the full ranking (no cutoff).
+  is 1), ``mrr = mean(1 / r)`` over the full ranking (no cutoff), ``mrr@K = mean([r <= K] / r)`` (RecBole's MRR@K).
   """
   r = _as_1d("ranks", ranks)
   if r.size == 0:
@@ -206,4 +206,6 @@ def ranking_metrics(ranks, ks: Sequence[int] = (5, 10, 20, 50)) -> dict[str, flo
   for k in ks:
     out[f"ndcg@{k}"] = float(np.mean(np.where(r <= k, 1.0 / np.log2(r + 1), 0.0)))
   out["mrr"] = float(np.mean(1.0 / r))
+  for k in ks:  # RecBole's MRR@K
+    out[f"mrr@{k}"] = float(np.mean(np.where(r <= k, 1.0 / r, 0.0)))
   return out

@@ -10,7 +10,8 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from mos_jax.models.host_configs import DINConfig, Mamba4RecConfig, SDIMConfig, TransActConfig, TWINConfig
+from mos_jax.models.host_configs import (DINConfig, GRU4RecConfig, Mamba4RecConfig, SASRecConfig, SDIMConfig,
+                                         TransActConfig, TWINConfig)
 
 MOE_MODELS = ("gshard", "expert_choice", "dselect_k")  # sequence-level MoE baselines (mos_jax.models.moe)
 MODEL_NAMES = ("mos", "backbone") + MOE_MODELS
@@ -99,7 +100,9 @@ class ModelConfig:
   balance_loss_weight: float = 0.01
   z_loss_weight: float = 0.001
   moe: MoEConfig = dataclasses.field(default_factory=MoEConfig)
-  # Per-host settings (host_configs.py); only the one named by `backbone` is used.
+  # Per-host settings; only the one named by `backbone` is used (SASRec / GRU4Rec options: docs/protocol.md).
+  sasrec: SASRecConfig = dataclasses.field(default_factory=SASRecConfig)
+  gru4rec: GRU4RecConfig = dataclasses.field(default_factory=GRU4RecConfig)
   din: DINConfig = dataclasses.field(default_factory=DINConfig)
   transact: TransActConfig = dataclasses.field(default_factory=TransActConfig)
   sdim: SDIMConfig = dataclasses.field(default_factory=SDIMConfig)
@@ -152,6 +155,10 @@ class ModelConfig:
       self.moe.validate()
     if self.backbone in ("din", "transact", "sdim", "twin", "mamba4rec"):
       getattr(self, self.backbone).validate()
+    if self.backbone == "sasrec":
+      self.sasrec.validate(self.embed_dim, self.hidden_dim)
+    if self.backbone == "gru4rec":
+      self.gru4rec.validate()
     if self.name == "mos" and not (self.use_theme_experts or self.use_global_expert or self.use_short_expert):
       bad("use_theme_experts", False, "at least one of use_theme_experts/use_global_expert/use_short_expert")
     return self

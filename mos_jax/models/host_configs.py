@@ -1,4 +1,4 @@
-"""Per-host settings of the long-sequence encoders (DIN, TransAct, SDIM, TWIN, Mamba4Rec); docs/model.md, "Hosts".
+"""Per-host settings of the encoders (SASRec, GRU4Rec, DIN, TransAct, SDIM, TWIN, Mamba4Rec); docs/model.md.
 
 Each dataclass is nested into ``ModelConfig`` as one field named after its host (``cfg.din``, ``cfg.sdim``, ...), so
 ``--config.model.sdim.num_hashes=4`` works from the command line. They live here rather than beside their encoders
@@ -13,6 +13,63 @@ import dataclasses
 
 def _bad(host: str, field: str, value, expected: str):
   raise ValueError(f"ModelConfig.{host}.{field}={value!r}: expected {expected}")
+
+
+SASREC_NORMS = ("pre", "post")
+SASREC_POSITIONS = ("recency", "oldest")
+ACTIVATIONS = ("gelu_tanh", "gelu", "relu")
+
+
+@dataclasses.dataclass
+class SASRecConfig:
+  """SASRec encoder options (encoders/sasrec.py). The defaults are this project's encoder; docs/protocol.md gives the
+  values that reproduce RecBole's SASRec (configs/ml100k_sasrec.py sets them)."""
+
+  norm: str = "pre"  # pre: x + f(LN(x)) | post: LN(x + f(x)) (BERT / RecBole)
+  input_norm: bool = False  # LayerNorm on item + position embedding, before the input dropout (RecBole)
+  final_norm: bool = True  # LayerNorm after the last block (pre-LN needs one; RecBole's post-LN stack has none)
+  out_proj: bool = True  # Linear D -> H on the output; False needs hidden_dim == embed_dim (RecBole: none)
+  positions: str = "recency"  # recency: 0 = most recent valid item | oldest: 0 = oldest valid item kept (RecBole)
+  activation: str = "gelu_tanh"  # feed-forward: gelu_tanh (jax.nn.gelu default) | gelu (exact, erf) | relu
+  layer_norm_eps: float = 1e-6  # Flax's default; RecBole 1e-12
+  init_std: float = 0.0  # 0: Flax defaults; > 0: normal(std) Linear kernels and position table, zero biases
+  attn_dropout: float = 0.0  # dropout on the attention probabilities (RecBole attn_dropout_prob)
+
+  def validate(self, embed_dim: int, hidden_dim: int) -> "SASRecConfig":
+    """Raises ValueError naming the offending field; returns self."""
+
+    def bad(field, value, expected):
+      raise ValueError(f"ModelConfig.sasrec.{field}={value!r}: expected {expected}")
+
+    for field, allowed in (("norm", SASREC_NORMS), ("positions", SASREC_POSITIONS), ("activation", ACTIVATIONS)):
+      if getattr(self, field) not in allowed:
+        bad(field, getattr(self, field), f"one of {allowed}")
+    if not self.out_proj and hidden_dim != embed_dim:
+      bad("out_proj", False, f"True unless hidden_dim ({hidden_dim}) == embed_dim ({embed_dim})")
+    if self.layer_norm_eps <= 0:
+      bad("layer_norm_eps", self.layer_norm_eps, "> 0")
+    if self.init_std < 0:
+      bad("init_std", self.init_std, ">= 0 (0 = Flax default initialisers)")
+    if not 0.0 <= self.attn_dropout < 1.0:
+      bad("attn_dropout", self.attn_dropout, "in [0, 1)")
+    return self
+
+
+GRU_INITS = ("flax", "xavier")
+
+
+@dataclasses.dataclass
+class GRU4RecConfig:
+  """GRU4Rec encoder options (encoders/gru4rec.py); RecBole's GRU4Rec is bias=False, init='xavier'."""
+
+  bias: bool = True  # biases in the GRU gates (PyTorch's nn.GRU(bias=False) has none)
+  init: str = "flax"  # flax: lecun-normal kernels | xavier: xavier-uniform kernels (RecBole)
+
+  def validate(self) -> "GRU4RecConfig":
+    """Raises ValueError naming the offending field; returns self."""
+    if self.init not in GRU_INITS:
+      raise ValueError(f"ModelConfig.gru4rec.init={self.init!r}: expected one of {GRU_INITS}")
+    return self
 
 
 @dataclasses.dataclass
@@ -107,4 +164,5 @@ class Mamba4RecConfig:
     return self
 
 
-__all__ = ["DINConfig", "Mamba4RecConfig", "SDIMConfig", "TWINConfig", "TransActConfig"]
+__all__ = ["DINConfig", "GRU4RecConfig", "Mamba4RecConfig", "SASRecConfig", "SDIMConfig", "TWINConfig",
+           "TransActConfig"]

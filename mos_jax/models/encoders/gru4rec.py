@@ -2,7 +2,8 @@
 
 Padding steps keep the previous state (masked update), so padding anywhere changes nothing and an empty row gives
 the zero initial state. The input projection runs on all steps at once; only the recurrent matmul is scanned.
-``target`` is ignored.
+``target`` is ignored. ``cfg.gru4rec`` drops the gate biases and switches to Xavier-uniform kernels, as RecBole's
+GRU4Rec (``nn.GRU(bias=False)``, ``xavier_uniform_`` on both weight matrices); docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ class GRU4Rec(Encoder):
 
   def __init__(self, cfg: ModelConfig, *, max_len: int, rngs: nnx.Rngs):
     del max_len  # a GRU has no position table
-    h, dt = cfg.hidden_dim, cfg.compute_dtype
+    h, dt, opt = cfg.hidden_dim, cfg.compute_dtype, cfg.gru4rec
     self.out_dim = h
     self.dtype = dt
-    self.inp = nnx.Linear(cfg.embed_dim, 3 * h, dtype=dt, rngs=rngs)  # [r | z | n] input parts, with bias
-    self.rec = nnx.Linear(h, 3 * h, dtype=dt, rngs=rngs)  # recurrent parts (bias inside r*(.) as in PyTorch)
+    # xavier_uniform over the stacked [in, 3H] kernel: the same bound as PyTorch's over weight_ih_l0 [3H, in].
+    init = {"kernel_init": nnx.initializers.xavier_uniform()} if opt.init == "xavier" else {}
+    # [r | z | n] input parts; the recurrent parts' bias sits inside r*(.) as in PyTorch.
+    self.inp = nnx.Linear(cfg.embed_dim, 3 * h, use_bias=opt.bias, dtype=dt, rngs=rngs, **init)
+    self.rec = nnx.Linear(h, 3 * h, use_bias=opt.bias, dtype=dt, rngs=rngs, **init)
     self.drop = nnx.Dropout(cfg.dropout, rngs=rngs)
 
   def __call__(self, x: jax.Array, mask: jax.Array, target: jax.Array | None = None, *,
@@ -35,7 +39,7 @@ class GRU4Rec(Encoder):
     hdim = self.out_dim
     xw = self.inp(self.drop(x.astype(self.dtype), deterministic=deterministic)).astype(jnp.float32)  # [N,L,3H]
     kernel = self.rec.kernel[...].astype(self.dtype)
-    bias = self.rec.bias[...].astype(jnp.float32)
+    bias = 0.0 if self.rec.bias is None else self.rec.bias[...].astype(jnp.float32)
 
     def step(h, inputs):
       xt, mt = inputs  # [N,3H], [N]
