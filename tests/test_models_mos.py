@@ -280,7 +280,8 @@ def test_bfloat16_matches_float32(task):
     model = build_model(dataclasses.replace(cfg, dtype=dtype), rngs=nnx.Rngs(0))
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
     graphdef, state = nnx.split(model)
-    outs.append(jax.jit(lambda st, batch: nnx.merge(graphdef, st)(batch, deterministic=True))(state, BATCH))  # noqa: B023
+    run = jax.jit(lambda st, batch: nnx.merge(graphdef, st)(batch, deterministic=True))  # noqa: B023
+    outs.append(run(state, BATCH))
   f32, bf16 = outs
   assert bf16.logits.dtype == jnp.float32 and bf16.aux_loss.dtype == jnp.float32
   a, b = np.asarray(f32.logits), np.asarray(bf16.logits)
