@@ -6,7 +6,7 @@ by its dotted path, typed by the dataclass field's annotation::
   python train.py --config=configs/gshard.py --config.train.batch_size=256 --config.model.num_themes=8
 
 Unknown fields and values that do not parse as the field's type are rejected with a message naming the flag, the field
-and the expected type.
+and the expected type; ``validate`` then checks the values of the whole config (choices and ranges) before any work.
 """
 
 from __future__ import annotations
@@ -137,6 +137,88 @@ def set_field(cfg: Config, dotted: str, text: str, *, flag: str | None = None) -
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Validation of values (before any data preparation or compilation).
+
+DATA_TASKS = ("ctr", "next")
+EARLY_STOP_MODES = ("max", "min", "auto")
+
+
+def _renamed(e: Exception, old: str, new: str) -> ConfigError:
+  return ConfigError(str(e).replace(old, new, 1))
+
+
+def _validate_train(t: TrainConfig) -> None:
+  from mos_jax.data.examples import SPLITS  # noqa: PLC0415
+  from mos_jax.training.optimizer import DECAYS  # noqa: PLC0415
+  from mos_jax.training.parallel import PARALLELISMS  # noqa: PLC0415
+
+  def bad(field, expected):
+    raise ConfigError(f"config.train.{field}={getattr(t, field)!r}: expected {expected}")
+
+  choices = {"decay": DECAYS, "parallelism": PARALLELISMS, "early_stop_mode": EARLY_STOP_MODES, "eval_split": SPLITS}
+  for field, allowed in choices.items():
+    if getattr(t, field) not in allowed:
+      bad(field, f"one of {allowed}")
+  for field in ("batch_size", "eval_batch_size", "mesh_expert", "keep", "log_every", "checkpoint_every"):
+    if getattr(t, field) < 1:
+      bad(field, "an integer >= 1")
+  for field in ("num_steps", "warmup_steps", "eval_every", "patience"):
+    if getattr(t, field) < 0:
+      bad(field, "an integer >= 0")
+  if t.mesh_data != -1 and t.mesh_data < 1:
+    bad("mesh_data", "-1 (all devices) or an integer >= 1")
+  if t.num_steps == 0 and not t.num_epochs > 0:
+    bad("num_epochs", "> 0 (or set num_steps > 0)")
+  if not t.learning_rate > 0:
+    bad("learning_rate", "> 0")
+  if not 0.0 <= t.end_lr_ratio <= 1.0:
+    bad("end_lr_ratio", "in [0, 1]")
+  for field in ("b1", "b2"):
+    if not 0.0 <= getattr(t, field) < 1.0:
+      bad(field, "in [0, 1)")
+  if not t.eps > 0:
+    bad("eps", "> 0")
+  for field in ("grad_clip_norm", "weight_decay"):
+    if not getattr(t, field) >= 0:
+      bad(field, ">= 0 (grad_clip_norm = 0 disables clipping)")
+
+
+def validate(cfg: Config) -> Config:
+  """Checks every value of ``cfg`` that can be checked before the dataset is prepared; returns ``cfg``.
+
+  Raises ConfigError naming the field (``config.model.backbone='din': expected one of ...``). Model sizes that
+  training fills from the prepared dataset (num_items, num_cats, num_sessions, session_len, task) are checked only when
+  already filled (num_items > 0, as in a saved config). The data fields are checked by ``DataConfig.validate`` when
+  it exists; ``data.task`` is checked here because the model depends on it.
+  """
+  data_check = getattr(cfg.data, "validate", None)
+  if callable(data_check):
+    try:
+      data_check()
+    except ConfigError:
+      raise
+    except (ValueError, TypeError) as e:
+      raise _renamed(e, "DataConfig.", "config.data.") from None
+  if cfg.data.task not in DATA_TASKS:
+    raise ConfigError(f"config.data.task={cfg.data.task!r}: expected one of {DATA_TASKS}")
+  from mos_jax.models import encoder_names  # noqa: PLC0415  (the encoder registry)
+
+  if cfg.model.backbone not in encoder_names():
+    raise ConfigError(f"config.model.backbone={cfg.model.backbone!r}: expected one of {encoder_names()}")
+  model = dataclasses.replace(cfg.model, task=cfg.data.task, moe=dataclasses.replace(cfg.model.moe))
+  if model.num_items == 0:  # not filled yet: any size >= 1 stands in for it
+    model.num_items = 1
+  try:
+    model.validate()
+  except ValueError as e:
+    raise _renamed(e, "ModelConfig.", "config.model.") from None
+  _validate_train(cfg.train)
+  if not cfg.workdir:
+    raise ConfigError("config.workdir='': expected a directory path")
+  return cfg
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Command lines.
 
 
@@ -159,7 +241,12 @@ def parse_command_line(argv: Sequence[str], *, default_config: str | pathlib.Pat
   cfg = load_config_file(path)
   for dotted, value, arg in overrides:
     set_field(cfg, dotted, value, flag=arg)
-  return cfg
+  try:
+    return validate(cfg)
+  except ConfigError as e:  # quote back the flag that set the offending field, when one did
+    msg = str(e)
+    flags = [arg for dotted, _, arg in overrides if msg.startswith(f"config.{dotted}=")]
+    raise ConfigError(f"{flags[-1]}: {msg}" if flags else msg) from None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -205,7 +292,8 @@ def from_dict(cls: type, data: dict[str, Any], *, where: str = "config") -> Any:
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
-  return from_dict(Config, data)
+  """A saved config (checkpoints, eval-time loading), validated like a command line."""
+  return validate(from_dict(Config, data))
 
 
 def diff(a: Any, b: Any, prefix: str = "") -> list[str]:

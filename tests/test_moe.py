@@ -419,11 +419,16 @@ def test_trains_with_decreasing_loss(name):
 
 
 @pytest.mark.parametrize("name", ["gshard", "expert_choice", "dselect_k"])
-def test_bfloat16_compute_runs(name):
-  model = build_model(_cfg(name, dtype="bfloat16", task="next"), rngs=nnx.Rngs(5))
-  out = model(_batch(7), deterministic=True)
-  assert out.logits.dtype == jnp.float32 and out.logits.shape == (B, V + 1)
-  assert bool(jnp.all(jnp.isfinite(out.logits[:, 1:]))) and bool(jnp.isfinite(out.aux_loss))
+def test_bfloat16_matches_float32(name):
+  """Same parameters, bfloat16 compute: next-item scores within 3% of the largest |float32 score| (bf16: 8 mantissa
+  bits; measured at most 0.8%). The router runs in float32 on bf16 features; no routing decision flips here."""
+  outs = [build_model(_cfg(name, dtype=dtype, task="next"), rngs=nnx.Rngs(5))(_batch(7), deterministic=True)
+          for dtype in ("float32", "bfloat16")]
+  assert outs[1].logits.dtype == jnp.float32 and outs[1].logits.shape == (B, V + 1)
+  a, b = np.asarray(outs[0].logits[:, 1:]), np.asarray(outs[1].logits[:, 1:])
+  assert np.abs(a).max() > 0.1
+  np.testing.assert_allclose(b, a, rtol=0, atol=0.03 * np.abs(a).max())
+  assert bool(jnp.isfinite(outs[1].aux_loss))
 
 
 def test_bad_config_names_the_field():

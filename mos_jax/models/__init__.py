@@ -32,6 +32,15 @@ def build_model(cfg: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Module:
   raise ValueError(f"ModelConfig.name={cfg.name!r}: expected one of {MODEL_NAMES}")
 
 
+def set_batch_axis(model: nnx.Module, axis_name: str | None) -> None:
+  """Makes every routing module of ``model`` compute its auxiliary-loss statistics over the global batch of the
+  named data-parallel axis (pmap): values are psums over devices, gradients each device's share (routing.batch_mean).
+  """
+  for _, module in nnx.iter_modules(model):
+    if hasattr(module, "batch_axis"):
+      module.batch_axis = axis_name
+
+
 __all__ = ["BackboneModel", "CTRHead", "Embedder", "Encoder", "ModelConfig", "MoEConfig", "ModelOutput", "MoS",
            "NextItemHead", "TaskHead", "apply_stacked_encoders", "build_encoder", "build_model",
-           "build_stacked_encoders", "encoder_names", "register_encoder"]
+           "build_stacked_encoders", "encoder_names", "register_encoder", "set_batch_axis"]

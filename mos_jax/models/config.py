@@ -138,7 +138,8 @@ class ModelConfig:
     for field in ("num_items", "num_sessions", "session_len", "embed_dim", "hidden_dim", "num_layers",
                   "num_heads", "num_themes", "capacity_multiple", "short_sessions", "ffn_multiplier", "head_hidden"):
       if getattr(self, field) < 1:
-        bad(field, getattr(self, field), "an integer >= 1 (num_items is filled from the dataset's meta)")
+        bad(field, getattr(self, field),
+            "an integer >= 1" + (" (filled from the dataset's meta)" if field == "num_items" else ""))
     if self.num_cats < 0:
       bad("num_cats", self.num_cats, ">= 0")
     if self.embed_dim % self.num_heads:

@@ -73,6 +73,7 @@ class MoS(nnx.Module):
     self.route_by, self.dispatch_method, self.gate_scaling = cfg.route_by, cfg.dispatch, cfg.gate_scaling
     self.priority, self.drop_policy = cfg.routing_priority, cfg.drop_policy
     self.balance_weight, self.z_weight = cfg.balance_loss_weight, cfg.z_loss_weight
+    self.batch_axis: str | None = None  # set by the pmap step (models.set_batch_axis): aux statistics are global
     self.short_sessions = min(cfg.short_sessions, s)
     self.capacity = routing.capacity(s, k, cfg.top_k if cfg.route_by == "router" else 1, cfg.capacity_factor,
                                      cfg.capacity_multiple)
@@ -96,7 +97,8 @@ class MoS(nnx.Module):
       logits = self.router(session_summary(x, mask), smask)  # [B,S,K] f32
       probs = jnp.where(smask[..., None], jax.nn.softmax(logits, axis=-1), 0.0)
       expert, gate, valid = routing.top_k_choice(probs, smask, self.top_k)
-      bal, zl = routing.balance_loss(probs, expert, smask), routing.z_loss(logits, smask)
+      bal = routing.balance_loss(probs, expert, smask, self.batch_axis)
+      zl = routing.z_loss(logits, smask, self.batch_axis)
       aux = self.balance_weight * bal + self.z_weight * zl
       metrics.update(balance_loss=bal, z_loss=zl, router_entropy=routing.mean_entropy(probs, smask))
     else:

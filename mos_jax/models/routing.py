@@ -119,17 +119,34 @@ def gate_weights(gate: jax.Array, mode: str) -> jax.Array:
   raise ValueError(f"ModelConfig.gate_scaling={mode!r}: expected 'multiply', 'straight_through' or 'none'")
 
 
-def balance_loss(probs: jax.Array, expert: jax.Array, session_mask: jax.Array) -> jax.Array:
+def batch_mean(total: jax.Array, count: jax.Array, axis_name: str | None = None) -> jax.Array:
+  """``total / count`` over the whole batch; under ``axis_name`` (pmap) over the whole global batch.
+
+  With an axis, the value is ``psum(total) / psum(count)`` on every device, while its gradient is that of this
+  device's share ``total / psum(count)`` only: summing the devices' gradients (as the pmap step does) then gives the
+  gradient of the global mean, whatever the autodiff rule of ``psum`` (no differentiated collective).
+  """
+  total, count = total.astype(jnp.float32), count.astype(jnp.float32)
+  if axis_name is None:
+    return total / jnp.maximum(count, 1.0)
+  n = jnp.maximum(jax.lax.psum(jax.lax.stop_gradient(count), axis_name), 1.0)
+  others = jax.lax.stop_gradient(jax.lax.psum(total, axis_name) - total)
+  return (total + others) / n
+
+
+def balance_loss(probs: jax.Array, expert: jax.Array, session_mask: jax.Array, axis_name: str | None = None
+                 ) -> jax.Array:
   """Switch-style load balance K * sum_e f_e * P_e over valid sessions (f: top-1 share, P: mean probability).
 
-  Equals 1 when routing is uniform; grows as sessions pile onto few themes.
+  Equals 1 when routing is uniform; grows as sessions pile onto few themes. ``axis_name``: f and P are the global
+  batch's (``batch_mean``), so data-parallel devices share one statistic.
   """
   k = probs.shape[-1]
   m = session_mask.astype(jnp.float32)
-  n = jnp.maximum(jnp.sum(m), 1.0)
-  f = jnp.sum(jax.nn.one_hot(expert[..., 0], k) * m[..., None], axis=(0, 1)) / n
-  p = jnp.sum(probs * m[..., None], axis=(0, 1)) / n
-  return k * jnp.sum(f * p)
+  n = jnp.sum(m)
+  f = batch_mean(jnp.sum(jax.nn.one_hot(expert[..., 0], k) * m[..., None], axis=(0, 1)), n, axis_name)
+  p = batch_mean(jnp.sum(probs * m[..., None], axis=(0, 1)), n, axis_name)
+  return k * jnp.sum(jax.lax.stop_gradient(f) * p)
 
 
 def mean_entropy(probs: jax.Array, valid: jax.Array) -> jax.Array:
@@ -139,8 +156,8 @@ def mean_entropy(probs: jax.Array, valid: jax.Array) -> jax.Array:
   return jnp.sum(v * ent) / jnp.maximum(jnp.sum(v), 1.0)
 
 
-def z_loss(logits: jax.Array, session_mask: jax.Array) -> jax.Array:
-  """Router z-loss: mean over valid sessions of logsumexp(logits)^2 (keeps logits small)."""
+def z_loss(logits: jax.Array, session_mask: jax.Array, axis_name: str | None = None) -> jax.Array:
+  """Router z-loss: mean over valid sessions (of the global batch under ``axis_name``) of logsumexp(logits)^2."""
   m = session_mask.astype(jnp.float32)
   z = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)
-  return jnp.sum(z**2 * m) / jnp.maximum(jnp.sum(m), 1.0)
+  return batch_mean(jnp.sum(z**2 * m), jnp.sum(m), axis_name)

@@ -5,11 +5,16 @@ Two compiled forms of the same step:
 * ``jit_train_step``: ``jax.jit`` with donated state on a ``(data, expert)`` mesh (shardings come from the arguments;
   the state keeps its shardings through ``out_shardings``).
 * ``pmap_train_step``: ``jax.pmap`` over the ``data`` axis on replicated state. The weighted loss is summed across
-  devices before dividing and the gradients are summed, so its loss and update equal the mesh path's for the same
-  global batch (up to float summation order) whenever the model's auxiliary loss and metrics are means over examples.
+  devices before dividing and the gradients are summed; the models compute their auxiliary-loss statistics (balance
+  loss, z-loss, DSelect-k regularisers) over the global batch (``models.set_batch_axis``), so the loss and update
+  equal the mesh path's for the same global batch (up to float summation order) without dropout. Capacity-routed
+  MoE baselines (GShard, Expert Choice) still route each device's batch as one group under pmap.
 
-Dropout masks come from the model's own RNG stream state (``TrainState.rest``), which is checkpointed; the pmap path
-replicates that state, so with dropout > 0 the two paths draw different (equally distributed) masks.
+Dropout masks come from the model's own RNG stream state (``TrainState.rest``), which is checkpointed. The pmap path
+folds the device index into every RNG key for the step (``fold_rng_keys``), so devices draw independent masks, and
+keeps the replicated keys unchanged (only the counts advance, identically on every device). With dropout > 0 the
+mesh and pmap paths draw different, equally distributed masks: dropout masks are drawn per array, not per example,
+so no key design makes a half-batch array's mask equal the corresponding rows of the whole batch's.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from mos_jax.models import set_batch_axis
 from mos_jax.training import losses
 
 Batch = dict[str, jax.Array]
@@ -52,12 +58,39 @@ def merge_model(graphdef: nnx.GraphDef, state: TrainState) -> nnx.Module:
   return nnx.merge(graphdef, state.params, state.rest)
 
 
-def _forward(graphdef, params, rest, batch):
-  """Model forward in training mode; returns the output and the advanced non-parameter state."""
+def _is_key(x: Any) -> bool:
+  return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def fold_rng_keys(rest: nnx.State, index: jax.Array) -> nnx.State:
+  """``rest`` with ``index`` folded into every RNG key (stacked key arrays key by key); other leaves unchanged."""
+
+  def fold(x):
+    if not _is_key(x):
+      return x
+    f = jax.random.fold_in
+    for _ in range(x.ndim):
+      f = jax.vmap(f, in_axes=(0, None))
+    return f(x, index)
+
+  return jax.tree.map(fold, rest)
+
+
+def _forward(graphdef, params, rest, batch, axis: str | None = None):
+  """Model forward in training mode; returns the output and the advanced non-parameter state.
+
+  ``axis`` (pmap): dropout keys get the device index folded in for this step (the returned state keeps the original
+  keys), and the model's auxiliary statistics become the global batch's.
+  """
+  step_rest = rest if axis is None else fold_rng_keys(rest, jax.lax.axis_index(axis))
   # copy=True: fresh Variables at this trace level (under jax.grad), so the RNG counts may advance here.
-  model = nnx.merge(graphdef, params, rest, copy=True)
+  model = nnx.merge(graphdef, params, step_rest, copy=True)
+  if axis is not None:
+    set_batch_axis(model, axis)
   out = model(batch, deterministic=False)
   _, _, new_rest = split_model(model)
+  if axis is not None:
+    new_rest = jax.tree.map(lambda old, new: old if _is_key(old) else new, rest, new_rest)
   return out, new_rest
 
 
@@ -91,14 +124,14 @@ def make_pmap_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sch
   """The per-device body of the pmap path (runs under ``jax.pmap(..., axis_name=axis)``)."""
 
   def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-    n_dev = jax.lax.psum(1, axis)
     den = jax.lax.psum(jnp.sum(batch["weight"].astype(jnp.float32)), axis)  # weight of the whole global batch
 
     def objective(params):
-      out, new_rest = _forward(graphdef, params, state.rest, batch)
+      out, new_rest = _forward(graphdef, params, state.rest, batch, axis)
       num, _ = losses.weighted_sum(out.logits, batch, task)
-      # Summed over devices this is exactly the global objective: sum(w*l)/sum(w) + mean of the aux losses.
-      local = losses.safe_div(num, den) + out.aux_loss.astype(jnp.float32) / n_dev
+      # The aux loss is the global batch's on every device, with the gradient of this device's share only
+      # (routing.batch_mean); so the summed gradients are exactly those of sum(w*l)/sum(w) + global aux loss.
+      local = losses.safe_div(num, den) + out.aux_loss.astype(jnp.float32)
       return local, (num, out.aux_loss, dict(out.metrics), new_rest)
 
     (_, (num, aux, routing, new_rest)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)

@@ -6,8 +6,8 @@ Two implementations of one interface, chosen by ``ModelConfig.dispatch``:
 * gather: ``x[index]`` per slot and a scatter-add on the way back (no FLOPs beyond the gate multiply).
 
 The einsums run at ``Precision.HIGHEST``: a one-hot dispatch must be an exact copy, and the default precision rounds
-float32 operands to bfloat16 (TPU) or TF32 (GPU). Both give the same values and gradients (exactly for dispatch; to float rounding for combine when an example sits
-in several slots, since the sum order may differ).
+float32 operands to bfloat16 (TPU) or TF32 (GPU). Both give the same values and gradients (exactly for dispatch; to
+float rounding for combine when an example sits in several slots, since the sum order may differ).
 """
 
 from __future__ import annotations

@@ -51,18 +51,19 @@ def expert_choice_eval_k(capacity_factor: float, num_experts: int) -> int:
   return max(1, min(num_experts, round(capacity_factor)))
 
 
-def router_z_loss(logits: jax.Array, valid: jax.Array) -> jax.Array:
+def router_z_loss(logits: jax.Array, valid: jax.Array, axis_name: str | None = None) -> jax.Array:
   """ST-MoE z-loss: mean over valid examples of logsumexp(logits)^2; the same rule as MoS's session router."""
-  return routing.z_loss(logits, valid)
+  return routing.z_loss(logits, valid, axis_name)
 
 
-def load_balance_loss(probs: jax.Array, top1: jax.Array, valid: jax.Array) -> jax.Array:
+def load_balance_loss(probs: jax.Array, top1: jax.Array, valid: jax.Array, axis_name: str | None = None
+                      ) -> jax.Array:
   """Switch/GShard balance loss ``E * sum_e f_e * P_e`` (1 when uniform).
 
   ``f_e``: fraction of valid examples whose first choice is e (before capacity); ``P_e``: their mean probability.
   """
   # MoS's session balance loss with one routing group of B tokens: probs[1,B,E], first choice [1,B,1], valid [1,B].
-  return routing.balance_loss(probs[None], jnp.argmax(top1, axis=-1)[None, :, None], valid[None])
+  return routing.balance_loss(probs[None], jnp.argmax(top1, axis=-1)[None, :, None], valid[None], axis_name)
 
 
 def _index_from_dispatch(dispatch: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -83,14 +84,15 @@ def _usage_metrics(dispatch: jax.Array, num_slots_total: int) -> dict[str, jax.A
 
 
 def top_k_routing(
-    logits: jax.Array, valid: jax.Array, *, k: int, capacity: int, normalize_gates: bool = True
-) -> Routing:
+    logits: jax.Array, valid: jax.Array, *, k: int, capacity: int, normalize_gates: bool = True,
+    axis_name: str | None = None) -> Routing:
   """GShard token-choice routing of B examples to E experts (``logits`` [B,E], ``valid`` bool [B]).
 
   Priority: every example's first choice (in batch order) before any second choice, i.e. one cumulative sum over the
   [k*B] assignments in (choice, example) order. An assignment whose slot is >= ``capacity`` is dropped. Invalid rows
   (padding rows of an evaluation batch) are never routed. With ``normalize_gates`` the k gates of an example sum to 1
-  (GShard); the gate of a dropped assignment is simply lost, as in GShard.
+  (GShard); the gate of a dropped assignment is simply lost, as in GShard. ``axis_name`` (pmap): the balance and
+  z-losses are the global batch's statistics; capacity stays per device (each device's batch is a routing group).
   """
   num_tokens, num_experts = logits.shape
   if not 1 <= k <= num_experts:
@@ -116,8 +118,8 @@ def top_k_routing(
   index, slot_valid = _index_from_dispatch(dispatch)
   num_assign = k * jnp.sum(v)
   metrics = {
-      "balance_loss": load_balance_loss(probs, choice[:, 0, :], valid),
-      "z_loss": router_z_loss(logits, valid),
+      "balance_loss": load_balance_loss(probs, choice[:, 0, :], valid, axis_name),
+      "z_loss": router_z_loss(logits, valid, axis_name),
       "router_entropy": routing.mean_entropy(probs, valid),
       "dropped_fraction": 1.0 - jnp.sum(keep) / jnp.maximum(num_assign, 1.0),
       **_usage_metrics(dispatch, num_experts * capacity),
@@ -125,7 +127,8 @@ def top_k_routing(
   return Routing(dispatch, combine, index, slot_valid, metrics)
 
 
-def expert_choice_routing(logits: jax.Array, valid: jax.Array, *, capacity: int) -> Routing:
+def expert_choice_routing(logits: jax.Array, valid: jax.Array, *, capacity: int, axis_name: str | None = None
+                          ) -> Routing:
   """Expert-choice routing: expert e takes the ``capacity`` valid examples with the highest ``softmax(logits)[:, e]``.
 
   An example may be taken by several experts or by none (then its expert output is zero: counted as dropped).
@@ -145,7 +148,7 @@ def expert_choice_routing(logits: jax.Array, valid: jax.Array, *, capacity: int)
   taken = jnp.sum(dispatch, axis=(1, 2)) > 0  # [B]
   v = valid.astype(_F32)
   metrics = {
-      "z_loss": router_z_loss(logits, valid),
+      "z_loss": router_z_loss(logits, valid, axis_name),
       "router_entropy": routing.mean_entropy(probs, valid),
       "dropped_fraction": jnp.sum(v * (1.0 - taken)) / jnp.maximum(jnp.sum(v), 1.0),
       "experts_per_example": jnp.sum(dispatch) / jnp.maximum(jnp.sum(v), 1.0),
@@ -167,8 +170,8 @@ def binary_codes(num_experts: int) -> np.ndarray:
 
 
 def dselect_k_weights(
-    selector_logits: jax.Array, mix_logits: jax.Array, *, num_experts: int, gamma: float
-) -> tuple[jax.Array, dict[str, jax.Array]]:
+    selector_logits: jax.Array, mix_logits: jax.Array, *, num_experts: int, gamma: float,
+    axis_name: str | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """DSelect-k expert weights per example.
 
   Args:
@@ -177,7 +180,8 @@ def dselect_k_weights(
   Returns:
     weights [B,E] (sum to 1 when E is a power of 2) and the selector regularisers: ``selector_entropy`` (mean entropy
     of each selector's output; pushing it to 0 makes each selector pick one expert) and ``unreachable_penalty`` (mean
-    of 1/sum of a selector's weights; only non-zero pressure when E is not a power of 2, as in the reference code).
+    of 1/sum of a selector's weights; only non-zero pressure when E is not a power of 2, as in the reference code),
+    both means over the global batch under ``axis_name`` (pmap).
   """
   codes = jnp.asarray(binary_codes(num_experts))  # [E,m]
   if selector_logits.shape[-1] != codes.shape[1]:
@@ -194,7 +198,8 @@ def dselect_k_weights(
   ent = -jnp.sum(selectors * jnp.log(selectors + 1e-6), axis=-1)  # [B,k]
   reach = jnp.sum(selectors, axis=-1)  # [B,k]
   regs = {
-      "selector_entropy": jnp.mean(ent),
-      "unreachable_penalty": jnp.mean(1.0 / jnp.maximum(reach, 1e-6)) - 1.0,
+      "selector_entropy": routing.batch_mean(jnp.sum(ent), jnp.asarray(ent.size), axis_name),
+      "unreachable_penalty": routing.batch_mean(jnp.sum(1.0 / jnp.maximum(reach, 1e-6)), jnp.asarray(reach.size),
+                                                axis_name) - 1.0,
   }
   return weights, regs

@@ -60,6 +60,7 @@ class MoEModel(nnx.Module):
     self.entropy_weight = moe.dselect_entropy_weight
     self.balance_weight = cfg.balance_loss_weight
     self.z_weight = cfg.z_loss_weight
+    self.batch_axis: str | None = None  # set by the pmap step (models.set_batch_axis): aux statistics are global
     self.embedder = Embedder(cfg, rngs=rngs)
     self.experts = build_stacked_encoders(cfg, num=moe.num_experts, max_len=cfg.num_sessions * cfg.session_len,
                                           rngs=rngs)
@@ -95,16 +96,17 @@ class MoEModel(nnx.Module):
     if self.kind == "gshard":
       cap = num_tokens if deterministic else gating.capacity(num_tokens, self.num_experts, self.capacity_factor,
                                                              k=self.top_k)
-      return gating.top_k_routing(logits, valid, k=self.top_k, capacity=cap, normalize_gates=self.normalize_gates)
+      return gating.top_k_routing(logits, valid, k=self.top_k, capacity=cap, normalize_gates=self.normalize_gates,
+                                  axis_name=self.batch_axis)
     if deterministic:
       return gating.top_k_routing(logits, valid, k=self.eval_top_k, capacity=num_tokens, normalize_gates=False)
     cap = gating.capacity(num_tokens, self.num_experts, self.capacity_factor)
-    return gating.expert_choice_routing(logits, valid, capacity=cap)
+    return gating.expert_choice_routing(logits, valid, capacity=cap, axis_name=self.batch_axis)
 
   def dselect_weights(self, feats: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     sel = self.selector(feats.astype(_F32)).reshape(feats.shape[0], self.dselect_k, self.num_bits)  # [B,k,m]
     return gating.dselect_k_weights(sel, self.mix(feats.astype(_F32)), num_experts=self.num_experts,
-                                    gamma=self.gamma)
+                                    gamma=self.gamma, axis_name=self.batch_axis)
 
   def __call__(self, batch: Mapping[str, jax.Array], deterministic: bool) -> ModelOutput:
     x, mask, target, feats, valid = self.embed(batch)
