@@ -61,7 +61,8 @@ def test_overrides_are_typed_by_the_dataclass_fields():
   assert cfg.data.synthetic.sessions_per_user == (3, 9)
   assert cfg.train.no_decay == ("bias", "embedding")
   assert cfg.workdir == "/tmp/x" and cfg.seed == 7
-  assert parse_command_line(["--config.data.hard_neg_frac=0.3"]).data.hard_neg_frac == 0.3  # float | None
+  in_cat = "--config.data.negatives=in_category"  # hard_neg_frac is only allowed with it
+  assert parse_command_line([in_cat, "--config.data.hard_neg_frac=0.3"]).data.hard_neg_frac == 0.3  # float | None
   assert parse_command_line(["--config.data.hard_neg_frac=none"]).data.hard_neg_frac is None
 
 
@@ -127,7 +128,7 @@ def test_diff_lists_nested_differences():
 
 
 @pytest.mark.parametrize("flag, message", [
-    ("--config.model.backbone=din", "config.model.backbone='din': expected one of ('gru4rec', 'sasrec'"),  # + test ones
+    ("--config.model.backbone=bst", "config.model.backbone='bst': expected one of ('din', 'gru4rec', 'mamba4rec'"),
     ("--config.model.num_themes=0", "config.model.num_themes=0: expected an integer >= 1"),
     ("--config.model.name=moe", "config.model.name='moe': expected one of ('mos', 'backbone', 'gshard'"),
     ("--config.model.dropout=1.5", "config.model.dropout=1.5: expected in [0, 1)"),
@@ -170,8 +171,9 @@ def test_train_script_exits_2_with_one_line(tmp_path):
   import subprocess  # noqa: PLC0415
   import sys  # noqa: PLC0415
 
-  proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--config.model.backbone=din",
+  proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--config.model.backbone=bst",
                          f"--workdir={tmp_path}/run"], capture_output=True, text=True, timeout=300, cwd=REPO)
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == [
-      "error: --config.model.backbone=din: config.model.backbone='din': expected one of ('gru4rec', 'sasrec')"]
+      "error: --config.model.backbone=bst: config.model.backbone='bst': expected one of ('din', 'gru4rec', "
+      "'mamba4rec', 'sasrec', 'sdim', 'transact', 'twin')"]
