@@ -290,3 +290,26 @@ def test_bfloat16_matches_float32(task):
   assert np.abs(a).max() > 0.1  # logits of a usable scale, so the relative bound means something
   np.testing.assert_allclose(b, a, rtol=0, atol=0.03 * np.abs(a).max())
   np.testing.assert_allclose(float(bf16.aux_loss), float(f32.aux_loss), rtol=0.03)
+
+
+def test_target_routing_weights_theme_experts_by_the_candidates_theme():
+  """fusion='mean' + target_routing: weight of expert e ∝ exp(prior_e) over the available experts, prior = 0 for the
+  global and short-term experts and log p(theme k | target) (the router applied to the target embedding) for theme k."""
+  cfg = dataclasses.replace(BASE, backbone="gru4rec", fusion="mean", target_routing=True, capacity_factor=4.0)
+  model = build_model(cfg, rngs=nnx.Rngs(1))
+  out = model(BATCH, deterministic=True)
+  x, mask, target = model.embedder.embed_batch(BATCH)
+  plan, _, _ = model.route(x, mask, BATCH)
+  kernel, bias = np.asarray(model.router.proj.kernel[...]), np.asarray(model.router.proj.bias[...])
+  z = np.asarray(target, np.float64) @ kernel + bias  # [B,K]
+  p = np.exp(z - z.max(1, keepdims=True))
+  p /= p.sum(1, keepdims=True)
+  kept = np.asarray(plan.keep[..., 0]) & np.asarray(plan.valid[..., 0])
+  avail_theme = np.stack([(kept & (np.asarray(plan.expert[..., 0]) == k)).any(1) for k in range(K)], 1)
+  w = np.concatenate([np.ones((B, 2)), p], 1) * np.concatenate([np.ones((B, 2), bool), avail_theme], 1)
+  w /= w.sum(1, keepdims=True)
+  np.testing.assert_allclose(out.metrics["fusion_weights"], w.mean(0), rtol=1e-5, atol=1e-6)
+  ent = -(p * np.log(p)).sum(1).mean()
+  np.testing.assert_allclose(out.metrics["target_router_entropy"], ent, rtol=1e-5)
+  with pytest.raises(ValueError, match="target_routing"):
+    build_model(dataclasses.replace(cfg, task="next"), rngs=nnx.Rngs(0))

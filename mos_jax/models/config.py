@@ -95,6 +95,10 @@ class ModelConfig:
   use_short_expert: bool = True
   short_sessions: int = 2  # n: sessions seen by the short-term expert
   fusion: str = "gate"  # gate (learned, target-conditioned in CTR mode) | mean (masked average)
+  # CTR only: the router also scores the candidate item, and log p(theme | target) is added to each theme expert's
+  # fusion score, so the theme the candidate belongs to decides which subsequence counts (search-based long-sequence
+  # models in spirit; issue 11). It also gives the router a direct gradient from the CTR loss.
+  target_routing: bool = False
   head_hidden: int = 64  # CTR head MLP width
   # Auxiliary losses.
   balance_loss_weight: float = 0.01
@@ -160,6 +164,8 @@ class ModelConfig:
       self.sasrec.validate(self.embed_dim, self.hidden_dim)
     if self.backbone == "gru4rec":
       self.gru4rec.validate()
+    if self.target_routing and (self.task != "ctr" or not self.use_theme_experts or self.route_by != "router"):
+      bad("target_routing", True, "False unless task='ctr', use_theme_experts=True and route_by='router'")
     if self.name == "mos" and not (self.use_theme_experts or self.use_global_expert or self.use_short_expert):
       bad("use_theme_experts", False, "at least one of use_theme_experts/use_global_expert/use_short_expert")
     return self

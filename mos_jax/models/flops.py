@@ -140,6 +140,8 @@ def _mos(cfg: ModelConfig) -> dict[str, float]:
   if cfg.use_theme_experts:
     if cfg.route_by == "router":
       router = 2 * s * d * k + (2 * s * d * d if cfg.router_mlp else 0)  # linear and prototype alike: [S,D]x[D,K]
+      if cfg.target_routing:  # the router on the candidate too: one more row
+        router += 2 * d * k + (2 * d * d if cfg.router_mlp else 0)
     if cfg.dispatch == "einsum":
       # two [S,k]x[S,k,C]->[S,K,C] mask einsums (0/1 and gate-weighted), then buffers and buffer masks.
       dispatch = 2 * (2 * s * top_k * c + 2 * s * k * c * top_k) + 2 * s * k * c * t * d + 2 * s * k * c * t

@@ -45,7 +45,9 @@ class FusionGate(nnx.Module):
       self.score = nnx.Linear(in_dim, 1, dtype=cfg.compute_dtype, rngs=rngs)
       self.bias = nnx.Param(jnp.zeros((num_experts,), jnp.float32))
 
-  def __call__(self, h: jax.Array, available: jax.Array, target: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, h: jax.Array, available: jax.Array, target: jax.Array | None,
+               prior: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """``prior`` f32[B,E]: log-weights added to the scores before the softmax (target routing), or None."""
     if self.mode == "gate":
       z = h
       if target is not None:
@@ -53,6 +55,8 @@ class FusionGate(nnx.Module):
       scores = self.score(jnp.tanh(self.hidden(z)))[..., 0].astype(jnp.float32) + self.bias[...]
     else:
       scores = jnp.zeros(h.shape[:2], jnp.float32)
+    if prior is not None:
+      scores = scores + prior
     w = jax.nn.softmax(jnp.where(available, scores, NEG), axis=-1)
     w = jnp.where(available, w, 0.0)  # a user with no history at all: every expert off, u = 0
     u = jnp.einsum("be,beh->bh", w, h.astype(jnp.float32))
@@ -72,6 +76,7 @@ class MoS(nnx.Module):
     self.task, self.num_themes, self.top_k = cfg.task, k, cfg.top_k
     self.route_by, self.dispatch_method, self.gate_scaling = cfg.route_by, cfg.dispatch, cfg.gate_scaling
     self.priority, self.drop_policy = cfg.routing_priority, cfg.drop_policy
+    self.target_routing = cfg.target_routing
     self.balance_weight, self.z_weight = cfg.balance_loss_weight, cfg.z_loss_weight
     self.batch_axis: str | None = None  # set by the pmap step (models.set_batch_axis): aux statistics are global
     self.short_sessions = min(cfg.short_sessions, s)
@@ -149,7 +154,13 @@ class MoS(nnx.Module):
       outs.append(jnp.swapaxes(h, 0, 1))
       avail.append(jnp.any(bmask, axis=(2, 3)))
     hs = jnp.concatenate([o.astype(x.dtype) for o in outs], axis=1)  # [B,E,H]
-    u, w = self.fusion(hs, jnp.concatenate(avail, axis=1), tgt)
+    prior = None
+    if self.target_routing:  # log p(theme | candidate) on the theme experts, 0 on global / short-term
+      p_t = jax.nn.softmax(self.router(tgt[:, None].astype(jnp.float32), jnp.ones((b, 1), bool))[:, 0], axis=-1)
+      prior = jnp.concatenate([jnp.zeros((b, hs.shape[1] - self.num_themes), jnp.float32),
+                               jnp.log(jnp.maximum(p_t, 1e-9))], axis=1)
+      metrics["target_router_entropy"] = jnp.mean(-jnp.sum(p_t * jnp.log(jnp.maximum(p_t, 1e-9)), axis=-1))
+    u, w = self.fusion(hs, jnp.concatenate(avail, axis=1), tgt, prior)
     metrics["fusion_weights"] = jnp.mean(w, axis=0)
     logits = self.head(u, target, self.embedder.item_table, deterministic=deterministic)
     return ModelOutput(logits, aux, metrics)
