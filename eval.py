@@ -99,18 +99,9 @@ def predict_split(executor, arrays: dict, cfg) -> np.ndarray:
                       exclude_history=cfg.train.eval_exclude_history)
 
 
-class RulesUnavailable(RuntimeError):
-  pass
-
-
 def rule_slices(dataset, split: str, task: str, arrays: dict, masks: dict) -> dict[str, dict[str, dict]]:
   """``{rule: {slice: metrics}}`` of ``mos_jax.evaluation.rules.rule_outputs`` on the same rows."""
-  try:
-    from mos_jax.evaluation.rules import rule_outputs  # noqa: PLC0415  (lazy: only --rules needs it)
-  except ModuleNotFoundError as e:
-    if e.name != "mos_jax.evaluation.rules":
-      raise
-    raise RulesUnavailable("--rules: this checkout has no mos_jax/evaluation/rules.py (rule_outputs)") from e
+  from mos_jax.evaluation.rules import rule_outputs  # noqa: PLC0415
   from mos_jax.evaluation.slices import slice_metrics  # noqa: PLC0415
 
   # A rule's CTR score is an order, not a logit, so it gets no logloss.
@@ -135,12 +126,12 @@ def main(argv: list[str]) -> int:
   try:
     cfg, run, executor, step, kind = restore_run(workdir, args.checkpoint, eval_batch_size=args.batch_size,
                                                  note=print)
-    arrays = run.dataset.split(args.split, cfg.data.task)
+    arrays = run.dataset.split(args.split, cfg.data.task, seed=cfg.data.seed)  # train: the run's epoch-0 negatives
     outputs = predict_split(executor, arrays, cfg)
     masks = slice_masks(arrays)
     slices = slice_metrics(arrays, outputs, task=cfg.data.task, masks=masks)
     rules = rule_slices(run.dataset, args.split, cfg.data.task, arrays, masks) if args.rules else None
-  except (ckpt_lib.CheckpointError, config_lib.ConfigError, DataError, RulesUnavailable) as e:
+  except (ckpt_lib.CheckpointError, config_lib.ConfigError, DataError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   title = f"{cfg.model.name} ({cfg.model.backbone}) on {cfg.data.dataset}/{cfg.data.task}, {args.split} split, " \

@@ -148,21 +148,23 @@ def _renamed(e: Exception, old: str, new: str) -> ConfigError:
 
 
 def _validate_train(t: TrainConfig) -> None:
-  from mos_jax.data.examples import SPLITS  # noqa: PLC0415
   from mos_jax.training.optimizer import DECAYS  # noqa: PLC0415
   from mos_jax.training.parallel import PARALLELISMS  # noqa: PLC0415
 
   def bad(field, expected):
     raise ConfigError(f"config.train.{field}={getattr(t, field)!r}: expected {expected}")
 
-  choices = {"decay": DECAYS, "parallelism": PARALLELISMS, "early_stop_mode": EARLY_STOP_MODES, "eval_split": SPLITS}
+  choices = {"decay": DECAYS, "parallelism": PARALLELISMS, "early_stop_mode": EARLY_STOP_MODES}
   for field, allowed in choices.items():
     if getattr(t, field) not in allowed:
       bad(field, f"one of {allowed}")
-  for field in ("batch_size", "eval_batch_size", "mesh_expert", "keep", "log_every", "checkpoint_every"):
+  if t.eval_split not in ("train", "valid"):  # early stopping picks the best checkpoint on this split
+    bad("eval_split", "one of ('train', 'valid') (the validation split selects the best checkpoint; selecting on "
+                      "test would leak it into the reported test metrics)")
+  for field in ("batch_size", "eval_batch_size", "mesh_expert", "keep", "log_every"):
     if getattr(t, field) < 1:
       bad(field, "an integer >= 1")
-  for field in ("num_steps", "warmup_steps", "eval_every", "patience"):
+  for field in ("num_steps", "warmup_steps", "eval_every", "patience", "checkpoint_every"):  # 0 = only at the end
     if getattr(t, field) < 0:
       bad(field, "an integer >= 0")
   if t.mesh_data != -1 and t.mesh_data < 1:

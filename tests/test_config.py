@@ -129,6 +129,8 @@ def test_diff_lists_nested_differences():
 
 @pytest.mark.parametrize("flag, message", [
     ("--config.model.backbone=bst", "config.model.backbone='bst': expected one of ('din', 'gru4rec', 'mamba4rec'"),
+    ("--config.data.neg_ratio=-1", "config.data.neg_ratio=-1: expected an integer >= 0"),
+    ("--config.data.negatives=hard", "config.data.negatives='hard': expected auto or one of ('uniform'"),
     ("--config.model.num_themes=0", "config.model.num_themes=0: expected an integer >= 1"),
     ("--config.model.name=moe", "config.model.name='moe': expected one of ('mos', 'backbone', 'gshard'"),
     ("--config.model.dropout=1.5", "config.model.dropout=1.5: expected in [0, 1)"),
@@ -137,7 +139,7 @@ def test_diff_lists_nested_differences():
     ("--config.train.parallelism=dp", "config.train.parallelism='dp': expected one of ('mesh', 'pmap')"),
     ("--config.train.batch_size=0", "config.train.batch_size=0: expected an integer >= 1"),
     ("--config.train.early_stop_mode=up", "config.train.early_stop_mode='up': expected one of ('max', 'min', 'auto')"),
-    ("--config.train.eval_split=dev", "config.train.eval_split='dev': expected one of ('train', 'valid', 'test')"),
+    ("--config.train.eval_split=test", "config.train.eval_split='test': expected one of ('train', 'valid') (the "),
 ])
 def test_train_main_rejects_bad_values_before_any_work(flag, message, capsys, tmp_path):
   import train  # noqa: PLC0415  (the script's main; returns before preparing data or building a model)
@@ -147,6 +149,12 @@ def test_train_main_rejects_bad_values_before_any_work(flag, message, capsys, tm
   assert err.startswith(f"error: {flag}: {message}"), err
   assert err.count("\n") == 1 and "Traceback" not in err
   assert not (tmp_path / "run").exists()  # nothing was written: the check ran first
+
+
+def test_target_aware_hosts_are_refused_in_next_item_mode_before_any_work():
+  with pytest.raises(ConfigError, match="config.model.backbone='din': expected a target-free encoder in task='next'"):
+    parse_command_line(["--config.data.task=next", "--config.model.backbone=din"])
+  parse_command_line(["--config.data.task=next", "--config.model.backbone=mamba4rec"])  # target-free: fine
 
 
 def test_moe_fields_are_checked_for_moe_models_and_saved_configs_are_validated():

@@ -275,11 +275,11 @@ def test_train_negatives_redrawn_per_epoch_and_restore_exactly(tmp_path):
 
 
 def test_bad_negative_options_are_named(tmp_path):
-  with pytest.raises(ValueError, match="data.negatives: expected auto or one of"):
+  with pytest.raises(ValueError, match="DataConfig.negatives='hard': expected auto or one of"):
     prepare_dataset(DataConfig(cache_dir=str(tmp_path), negatives="hard"))
-  with pytest.raises(ValueError, match="hard_neg_frac=0.3 is only used by data.negatives=in_category"):
+  with pytest.raises(ValueError, match="hard_neg_frac=0.3: expected None: it is only used by data.negatives=in_category"):
     prepare_dataset(DataConfig(cache_dir=str(tmp_path), hard_neg_frac=0.3))
-  with pytest.raises(ValueError, match="data.target_position: expected one of"):
+  with pytest.raises(ValueError, match="DataConfig.target_position='first': expected one of"):
     prepare_dataset(DataConfig(cache_dir=str(tmp_path), target_position="first"))
   with pytest.raises(ValueError, match="target_behaviors"):
     prepare_dataset(DataConfig(cache_dir=str(tmp_path), target_behaviors="buy", synthetic=SMALL))

@@ -104,7 +104,7 @@ def test_ctr_generator_is_theme_recall_and_metrics_match(syn):
                                "gauc": metrics.gauc(a["label"], out["in_history"], a["user"]),
                                "num_examples": len(a["label"])}
   nxt = rules.evaluate_rules(syn, "valid", "next")
-  assert set(nxt["recency"]) == {*(f"{m}@{k}" for m in ("hr", "ndcg") for k in (5, 10, 20, 50)), "mrr",
+  assert set(nxt["recency"]) == {*(f"{m}@{k}" for m in ("hr", "ndcg", "mrr") for k in (5, 10, 20, 50)), "mrr",
                                  "num_examples"}
 
 

@@ -1,7 +1,6 @@
 """Slices of an evaluation split: exact membership on hand-made rows, per-slice metrics equal to metrics computed
 directly on the subset, and the undefined cases (empty slice, one label class, missing keys)."""
 
-import importlib.machinery
 import json
 import math
 import pathlib
@@ -216,15 +215,3 @@ def test_eval_script_writes_slices_and_rules(tiny_run, monkeypatch, capsys):
   table = capsys.readouterr().out.split("model vs trivial rules")[1]
   assert "rule: oracle   | 1.0000*" in table and "rule: constant | 0.5000 " in table
   assert not list(tiny_run.glob("*.tmp"))
-
-  monkeypatch.delitem(sys.modules, "mos_jax.evaluation.rules")
-  monkeypatch.setattr(importlib.machinery.PathFinder, "find_spec", _hide_rules(importlib.machinery.PathFinder.find_spec))
-  assert eval_script.main([f"--workdir={tiny_run}", "--split=valid", "--rules"]) == 2
-  assert "no mos_jax/evaluation/rules.py" in capsys.readouterr().err
-
-
-def _hide_rules(find_spec):
-  """A module finder that cannot see mos_jax.evaluation.rules (as in a checkout without it)."""
-  def hidden(name, *args, **kwargs):
-    return None if name == "mos_jax.evaluation.rules" else find_spec(name, *args, **kwargs)
-  return hidden

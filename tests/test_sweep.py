@@ -46,3 +46,25 @@ def test_aggregate_and_markdown():
   md = sweep.markdown(agg, "t")
   assert "| mos | 0.8200 ± 0.0200 |" in md
   assert "best rule: `in_history`" in md and "popularity 0.5200" in md
+
+
+def test_variants_on_different_rows_get_their_own_best_rule():
+  recs = [_record("mos", s, 0.8, 0.7, 0.6) for s in (0, 1)] + [_record("short", s, 0.8, 0.7, 0.9) for s in (0, 1)]
+  agg = sweep.aggregate(recs, "ctr")
+  assert agg["rules_shared"] is False
+  assert agg["best_rule_by_variant"] == {"mos": "in_history", "short": "in_history"}
+  assert agg["rules_by_variant"]["short"]["in_history"]["all/auc"][0] == pytest.approx(0.9)
+  md = sweep.markdown(agg, "t")
+  assert "best rule (mos): `in_history` | 0.6000" in md and "best rule (short): `in_history` | 0.9000" in md
+
+
+def test_a_folder_of_another_command_is_refused(tmp_path):
+  import argparse
+  import json
+
+  args = argparse.Namespace(out=str(tmp_path), split="test", config="configs/default.py", rules=True)
+  wd = tmp_path / "mos" / "seed0"
+  wd.mkdir(parents=True)
+  (wd / "sweep_train.json").write_text(json.dumps({"train_cmd": "train.py --config=other.py", "train_wall_s": 1.0}))
+  with pytest.raises(RuntimeError, match="holds a run of another command"):
+    sweep.run_one(args, sweep.Variant("mos", []), 0, [])

@@ -71,24 +71,32 @@ class DataConfig:
     return self.negatives
 
   def validate(self) -> None:
-    """Raises ValueError naming the field for options that cannot work."""
-    if self.num_sessions < 1 or self.session_len < 1:
-      raise ValueError(f"data.num_sessions and data.session_len must be >= 1, got {self.num_sessions}, "
-                       f"{self.session_len}")
+    """Raises ValueError naming the field (``DataConfig.FIELD=VALUE: expected ...``) for options that cannot work."""
+
+    def bad(field, expected):
+      raise ValueError(f"DataConfig.{field}={getattr(self, field)!r}: expected {expected}")
+
+    for field in ("num_sessions", "session_len"):
+      if getattr(self, field) < 1:
+        bad(field, "an integer >= 1")
     if self.neg_ratio < 0:
-      raise ValueError(f"data.neg_ratio must be >= 0, got {self.neg_ratio}")
+      bad("neg_ratio", "an integer >= 0")
     if self.negatives != "auto" and self.negatives not in NEGATIVES:
-      raise ValueError(f"data.negatives: expected auto or one of {NEGATIVES}, got {self.negatives!r}")
+      bad("negatives", f"auto or one of {NEGATIVES}")
+    if self.negatives_kind() == "matched" and self.dataset != "synthetic":
+      # matched needs the positive's theme and category groups, and its per-row membership tables grow with the
+      # largest category: built for the synthetic data (docs/data.md).
+      bad("negatives", f"a kind other than 'matched' for dataset {self.dataset!r} ('matched' is for synthetic "
+                       f"data); e.g. history_matched")
     if not self.neg_alpha >= 0:
-      raise ValueError(f"data.neg_alpha must be >= 0, got {self.neg_alpha}")
+      bad("neg_alpha", ">= 0")
     if self.hard_neg_frac is not None:
       if not 0 <= self.hard_neg_frac <= 1:
-        raise ValueError(f"data.hard_neg_frac must be in [0, 1] (or None), got {self.hard_neg_frac}")
+        bad("hard_neg_frac", "a float in [0, 1] or None")
       if self.negatives_kind() != "in_category":
-        raise ValueError(f"data.hard_neg_frac={self.hard_neg_frac} is only used by data.negatives=in_category "
-                         f"(this run uses {self.negatives_kind()!r}); unset it or choose in_category")
+        bad("hard_neg_frac", f"None: it is only used by data.negatives=in_category (this run uses "
+                             f"{self.negatives_kind()!r}); unset it or choose in_category")
     if self.target_position not in TARGET_POSITIONS:
-      raise ValueError(f"data.target_position: expected one of {TARGET_POSITIONS}, got {self.target_position!r}")
+      bad("target_position", f"one of {TARGET_POSITIONS}")
     if self.max_train_targets_per_user < 0:
-      raise ValueError(f"data.max_train_targets_per_user must be >= 0 (0 = all), got "
-                       f"{self.max_train_targets_per_user}")
+      bad("max_train_targets_per_user", "an integer >= 0 (0 = all)")

@@ -29,8 +29,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--out", default=None, help="output folder (default: cache_dir/<dataset>-<fingerprint>)")
   for prefix, cls in (("", DataConfig), ("syn-", SyntheticConfig)):
     for f in dataclasses.fields(cls):
-      if f.name == "synthetic":
-        continue
+      if f.name == "synthetic" or (cls is DataConfig and f.name in ("seed", "task")):
+        continue  # neither changes the prepared folder (train negatives are drawn at iteration time)
       default = f.default
       if isinstance(default, tuple):
         kind = lambda s: tuple(int(x) for x in s.split(","))  # noqa: E731  e.g. --syn-session-len 2,8

@@ -95,27 +95,45 @@ def _run(cmd: list[str], log: pathlib.Path) -> float:
   return time.perf_counter() - t0
 
 
+def _write_json(path: pathlib.Path, obj: Any) -> None:
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text(json.dumps(obj, indent=1, allow_nan=True))
+  os.replace(tmp, path)
+
+
 def run_one(args: argparse.Namespace, variant: Variant, seed: int, shared: list[str]) -> dict[str, Any]:
-  """Trains and evaluates one (variant, seed) unless its eval file exists; returns its record."""
+  """Trains and evaluates one (variant, seed); a finished step with the same command is not run again.
+
+  ``sweep_train.json`` (command, wall time) marks a finished training, ``sweep_run.json`` the whole record. A folder
+  left by a different command is refused rather than silently reused.
+  """
   wd = pathlib.Path(args.out) / variant.name / f"seed{seed}"
   eval_file = wd / f"eval_{args.split}.json"
-  record_file = wd / "sweep_run.json"
-  if eval_file.exists() and record_file.exists():
-    return json.loads(record_file.read_text())
-  wd.mkdir(parents=True, exist_ok=True)
+  record_file, train_file = wd / "sweep_run.json", wd / "sweep_train.json"
   train_cmd = [sys.executable, "train.py", f"--config={args.config}", *shared, *variant.overrides,
                f"--config.seed={seed}", f"--config.data.seed={seed}", f"--workdir={wd}"]
   eval_cmd = [sys.executable, "eval.py", f"--workdir={wd}", f"--split={args.split}"] + (["--rules"] if args.rules else [])
-  print(f"[{variant.name} seed {seed}] {' '.join(train_cmd[1:])}", flush=True)
-  train_s = _run(train_cmd, wd / "train.log")
+  cmd_text, eval_text = " ".join(train_cmd[1:]), " ".join(eval_cmd[1:])
+  for f in (record_file, train_file):
+    if f.exists() and json.loads(f.read_text())["train_cmd"] != cmd_text:
+      raise RuntimeError(f"{wd} holds a run of another command ({f.name}: {json.loads(f.read_text())['train_cmd']!r}"
+                         f", now {cmd_text!r}); use another --out or remove that folder")
+  if record_file.exists() and eval_file.exists():
+    record = json.loads(record_file.read_text())
+    if record.get("eval_cmd", eval_text) == eval_text:
+      return record
+  wd.mkdir(parents=True, exist_ok=True)
+  print(f"[{variant.name} seed {seed}] {cmd_text}", flush=True)
+  if train_file.exists():
+    train_s = json.loads(train_file.read_text())["train_wall_s"]
+  else:
+    train_s = _run(train_cmd, wd / "train.log")
+    _write_json(train_file, {"train_cmd": cmd_text, "train_wall_s": train_s})
   _run(eval_cmd, wd / "eval.log")
-  result = json.loads(eval_file.read_text())
-  record = {"variant": variant.name, "seed": seed, "workdir": str(wd), "train_cmd": " ".join(train_cmd[1:]),
+  record = {"variant": variant.name, "seed": seed, "workdir": str(wd), "train_cmd": cmd_text, "eval_cmd": eval_text,
             "train_wall_s": train_s, "train_examples_per_s": train_throughput(wd), "flops": forward_flops(wd),
-            "eval": result}
-  tmp = record_file.with_suffix(".tmp")
-  tmp.write_text(json.dumps(record, indent=1, allow_nan=True))
-  os.replace(tmp, record_file)
+            "eval": json.loads(eval_file.read_text())}
+  _write_json(record_file, record)
   return record
 
 
@@ -138,20 +156,27 @@ def aggregate(records: list[dict[str, Any]], task: str) -> dict[str, Any]:
     for k in ("train_examples_per_s", "train_wall_s", "flops"):
       row[k] = mean_sd([r[k] for r in rs])
     out["variants"][name] = row
-  # Rules are deterministic given the evaluation rows, which every seed shares: average them all the same (sd = 0
-  # confirms the rows were the same).
-  rule_names = dict.fromkeys(n for r in records for n in r["eval"].get("rules", {}))
-  for rule in rule_names:
-    row = {}
-    for s in SLICES:
-      for k in keys:
-        row[f"{s}/{k}"] = mean_sd([r["eval"]["rules"][rule].get(s, {}).get(k, float("nan")) for r in records
-                                   if rule in r["eval"].get("rules", {})])
-    out["rules"][rule] = row
-  rk = f"all/{RULE_KEY[task]}"
-  scored = [(v[rk][0], n) for n, v in out["rules"].items() if math.isfinite(v[rk][0])]
-  if scored:
-    out["best_rule"] = max(scored)[1]
+  # Rules are deterministic given the evaluation rows. Every seed of a variant shares them; variants share them unless
+  # they change data options, which is checked: with different rows each variant gets its own best-rule row.
+  def rule_rows(rs: list[dict[str, Any]]) -> dict[str, Any]:
+    names = dict.fromkeys(n for r in rs for n in r["eval"].get("rules", {}))
+    return {rule: {f"{s}/{k}": mean_sd([r["eval"]["rules"][rule].get(s, {}).get(k, float("nan")) for r in rs
+                                        if rule in r["eval"].get("rules", {})]) for s in SLICES for k in keys}
+            for rule in names}
+
+  def best(rows: dict[str, Any]) -> str | None:
+    rk = f"all/{RULE_KEY[task]}"
+    scored = [(v[rk][0], n) for n, v in rows.items() if math.isfinite(v[rk][0])]
+    return max(scored)[1] if scored else None
+
+  out["rules"] = rule_rows(records)
+  out["best_rule"] = best(out["rules"])
+  same = all(v[1] < 1e-9 for row in out["rules"].values() for v in row.values() if v[2] > 1)
+  out["rules_shared"] = same
+  if not same:
+    out["rules_by_variant"] = {name: rule_rows([r for r in records if r["variant"] == name])
+                               for name in out["variants"]}
+    out["best_rule_by_variant"] = {name: best(rows) for name, rows in out["rules_by_variant"].items()}
   return out
 
 
@@ -171,14 +196,19 @@ def markdown(agg: dict[str, Any], title: str) -> str:
   for name, row in agg["variants"].items():
     f = row["flops"][0]
     lines.append("| " + " | ".join([name] + [_fmt(row[c]) for c in cols] + [
-        str(len(row["seeds"])), _fmt(row["train_examples_per_s"], 0), _fmt(row["train_wall_s"], 0),
+        str(row[cols[0]][2]), _fmt(row["train_examples_per_s"], 0), _fmt(row["train_wall_s"], 0),
         f"{f / 1e6:.2f}" if math.isfinite(f) else "—"]) + " |")
-  if agg["best_rule"] is not None:
-    row = agg["rules"][agg["best_rule"]]
-    lines.append("| " + " | ".join([f"best rule: `{agg['best_rule']}`"] + [_fmt(row[c][:2] + (1,)) for c in cols]
-                                   + ["—"] * 4) + " |")
+  rule_rows = [("", agg["rules"], agg["best_rule"])] if agg.get("rules_shared", True) else [
+      (f" ({v})", agg["rules_by_variant"][v], b) for v, b in agg["best_rule_by_variant"].items()]
+  for label, rows, name in rule_rows:
+    if name is not None:
+      lines.append("| " + " | ".join([f"best rule{label}: `{name}`"] + [_fmt(rows[name][c][:2] + (1,)) for c in cols]
+                                     + ["—"] * 4) + " |")
   lines.append("")
-  lines.append("mean ± sample sd over seeds; the rule is deterministic on the same rows. "
+  lines.append(("mean ± sample sd over seeds; rules are deterministic on the evaluation rows, which every row of "
+                "this table shares. " if agg.get("rules_shared", True) else
+                "mean ± sample sd over seeds; the variants are evaluated on different rows (their data options "
+                "differ), so each has its own best rule; the list below pools them. ") +
                f"All rules (all rows, {RULE_KEY[agg['task']]}): " +
                ", ".join(f"{n} {v['all/' + RULE_KEY[agg['task']]][0]:.4f}" for n, v in agg["rules"].items()))
   return "\n".join(lines) + "\n"

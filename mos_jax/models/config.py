@@ -158,6 +158,9 @@ class ModelConfig:
       bad("dropout", self.dropout, "in [0, 1)")
     if self.name in MOE_MODELS:
       self.moe.validate()
+    if self.backbone in ("din", "sdim", "twin") and self.task != "ctr":
+      bad("backbone", self.backbone, f"a target-free encoder in task={self.task!r} (din, sdim and twin attend to the "
+                                      f"CTR target; next-item mode has none)")
     if self.backbone in ("din", "transact", "sdim", "twin", "mamba4rec"):
       getattr(self, self.backbone).validate()
     if self.backbone == "sasrec":

@@ -135,7 +135,8 @@ def train(cfg: Config, *, on_step: Callable[[int], None] | None = None,
     print(f"resuming {workdir} from step {start}")
   write_json_atomic(workdir / "config.json", config_lib.to_dict(cfg))
   step = start or 0
-  eval_arrays = run.dataset.split(t.eval_split, task)  # built once: packing the grids is not free
+  # Built once (packing the grids is not free); on 'train', the run's own epoch-0 negatives.
+  eval_arrays = run.dataset.split(t.eval_split, task, seed=cfg.data.seed)
   last_eval: dict[str, float] = {}
   last_eval_step = -1
 

@@ -66,7 +66,7 @@ def build_run(cfg: Config) -> Run:
     cfg.data.data_dir = str(pathlib.Path(cfg.data.data_dir).expanduser().resolve())
   dataset = data_lib.load_prepared(data_lib.prepare_dataset(cfg.data))
   fill_model_config(cfg, dataset.meta)
-  num_train = int(len(dataset.split("train", cfg.data.task)["label"]))
+  num_train = int(dataset.meta["num_examples"]["train"][cfg.data.task])  # no need to build the split to count it
   steps = total_steps(cfg, num_train)
   model = build_model(cfg.model, rngs=nnx.Rngs(cfg.seed))
   tx = optimizer_lib.make_optimizer(cfg.train, steps)
