@@ -38,7 +38,7 @@ class TrainConfig:
   early_stop_mode: str = "auto"  # max | min | auto (min for loss-like metrics, else max)
   patience: int = 0  # evaluations without improvement before stopping; 0 = never stop early
   # Checkpoints in WORKDIR/checkpoints/{latest,best}.
-  checkpoint_every: int = 500  # steps (0 = none on the way); a checkpoint is also written at the end and on SIGTERM/SIGINT
+  checkpoint_every: int = 500  # steps (0 = none on the way); also written at the end and on SIGTERM/SIGINT
   keep: int = 2  # latest checkpoints kept (the best one is kept separately)
   async_checkpoints: bool = True
   # Logging.
