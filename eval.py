@@ -16,10 +16,6 @@ import argparse
 import os
 import pathlib
 import sys
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-  import numpy as np
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,17 +84,6 @@ def format_rule_table(model_name: str, slices: dict[str, dict], rules: dict[str,
                footer="* best rule in the column; start / within: targets that open a new session / inside one")
 
 
-def predict_split(executor, arrays: dict, cfg) -> np.ndarray:
-  """Per-row outputs of the executor's parameters on the split's rows, in order (logits or target ranks)."""
-  from mos_jax import data as data_lib  # noqa: PLC0415
-  from mos_jax.evaluation import predict_rows  # noqa: PLC0415
-
-  batches = data_lib.make_iterator(arrays, batch_size=cfg.train.eval_batch_size, seed=0, shuffle=False,
-                                   drop_remainder=False, pad_to_full=True, num_epochs=1)
-  return predict_rows(executor.predict_fn(), batches, task=cfg.data.task,
-                      exclude_history=cfg.train.eval_exclude_history)
-
-
 def rule_slices(dataset, split: str, task: str, arrays: dict, masks: dict) -> dict[str, dict[str, dict]]:
   """``{rule: {slice: metrics}}`` of ``mos_jax.evaluation.rules.rule_outputs`` on the same rows."""
   from mos_jax.evaluation.rules import rule_outputs  # noqa: PLC0415
@@ -119,7 +104,7 @@ def main(argv: list[str]) -> int:
   from mos_jax.data import DataError  # noqa: PLC0415
   from mos_jax.training import checkpoint as ckpt_lib  # noqa: PLC0415
   from mos_jax.evaluation.slices import slice_masks, slice_metrics  # noqa: PLC0415
-  from mos_jax.training.loop import write_json_atomic  # noqa: PLC0415
+  from mos_jax.training.loop import predict_split, write_json_atomic  # noqa: PLC0415
   from mos_jax.training.restore import restore_run  # noqa: PLC0415
 
   workdir = pathlib.Path(args.workdir).expanduser()

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from mos_jax import config as config_lib
 from mos_jax.config import Config
-from mos_jax.evaluation import evaluate
+from mos_jax.evaluation import predict_rows, row_metrics
 from mos_jax.training import checkpoint as ckpt_lib
 from mos_jax.training.metrics_log import MetricsLog
 from mos_jax.training.parallel import Executor
@@ -81,14 +81,21 @@ def early_stop_metric(cfg: Config) -> tuple[str, str]:
   return name, mode
 
 
-def evaluate_split(executor: Executor, arrays: dict[str, np.ndarray], cfg: Config) -> dict[str, float]:
-  """Metrics of the executor's current parameters on a whole split (padded final batch, padding rows ignored)."""
+def predict_split(executor: Executor, arrays: dict[str, np.ndarray], cfg: Config) -> np.ndarray:
+  """Per-row outputs (CTR logits / next-item target ranks) of the executor's parameters on a whole split, in row
+  order (padded final batch, padding rows dropped)."""
   from mos_jax import data as data_lib  # noqa: PLC0415
 
   batches = data_lib.make_iterator(arrays, batch_size=cfg.train.eval_batch_size, seed=0, shuffle=False,
                                    drop_remainder=False, pad_to_full=True, num_epochs=1)
-  return evaluate(executor.predict_fn(), batches, task=cfg.data.task,
-                  exclude_history=cfg.train.eval_exclude_history)
+  return predict_rows(executor.predict_fn(), batches, task=cfg.data.task,
+                      exclude_history=cfg.train.eval_exclude_history)
+
+
+def evaluate_split(executor: Executor, arrays: dict[str, np.ndarray], cfg: Config) -> dict[str, float]:
+  """Metrics of the executor's current parameters on a whole split."""
+  return row_metrics(predict_split(executor, arrays, cfg), task=cfg.data.task, label=arrays.get("label"),
+                     user=arrays.get("user"))
 
 
 def write_json_atomic(path: pathlib.Path, obj: Any) -> None:
