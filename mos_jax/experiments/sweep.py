@@ -252,7 +252,7 @@ def main(argv: list[str]) -> int:
   title = args.title or f"{args.config} ({records[0]['eval']['dataset']}, {task}, {args.split} split)"
   md = markdown(agg, title)
   cmd = "python -m mos_jax.experiments.sweep " + " ".join(repr(a) if " " in a else a for a in argv)
-  total = sum(r["train_wall_s"] for r in records)
+  total = sum(r["train_wall_s"] for r in records if math.isfinite(r["train_wall_s"]))
   md += f"\nCommand: `{cmd}`; train wall time of all runs {total / 60:.1f} min (this invocation " \
         f"{(time.perf_counter() - t0) / 60:.1f} min).\n"
   for name, text in (("summary.md", md), ("summary.json", json.dumps(
