@@ -125,7 +125,7 @@ def test_next_slice_metrics_equal_ranking_metrics_on_the_subset():
     m = np.isin(np.arange(24) % 8, EXPECTED_ROWS[name])
     want = {**metrics.ranking_metrics(ranks[m], (1, 10)), "num_examples": int(m.sum())}
     assert result[name] == pytest.approx(want, abs=1e-15), name
-  assert set(result["all"]) == {"hr@1", "hr@10", "ndcg@1", "ndcg@10", "mrr", "num_examples"}
+  assert set(result["all"]) == {"hr@1", "hr@10", "ndcg@1", "ndcg@10", "mrr@1", "mrr@10", "mrr", "num_examples"}
 
 
 def test_empty_slices_are_left_out_and_one_class_slices_give_nan():
