@@ -8,8 +8,8 @@ Analytic counts come from ``mos_jax.models.flops.count_flops`` (matrix products 
 ``total``: the experts an example is routed to). GShard / Expert Choice capacity depends on the routing group, so the
 table uses ``--batch`` (256). Every row is checked against XLA: the training-mode forward is lowered at batch
 ``--check_batch`` (2; lowering only, no compile, no execution, so L = 4096 is cheap) and
-``count_flops(cfg, batch_size=check_batch)['executed']`` is compared with (a) the FLOPs of the ``dot`` ops of the HLO, exact,
-and (b) XLA's cost analysis, which also counts element-wise work: a row is flagged when it falls outside
+``count_flops(cfg, batch_size=check_batch)['executed']`` is compared with (a) the FLOPs of the ``dot`` ops of the
+HLO, exact, and (b) XLA's cost analysis, which also counts element-wise work: a row is flagged when it falls outside
 [0.9, 1.1] x analytic. A static count sees a ``lax.scan`` body once (GRU4Rec's recurrent matmul), so both add the
 loop body's matmuls for the other trips (``flops_hlo.loop_dot_flops``: trip count from the loop condition).
 
@@ -35,10 +35,10 @@ from mos_jax.models.flops import count_flops  # noqa: E402
 HOSTS = ("sasrec", "gru4rec", "din", "transact", "sdim", "twin", "mamba4rec")
 MODELS = ("backbone", "mos", "gshard", "expert_choice", "dselect_k")
 TOLERANCE = 0.10
-# Rows whose XLA check cannot be tight, and why (printed with the flag).
+# Hosts whose XLA check needs a word (printed under the table).
 LOOP_NOTE = {"gru4rec": "its lax.scan body (the recurrent matmul) is added for the other L - 1 trips to XLA's count",
-             "mamba4rec": "the conv and the selective scan are element-wise, so not in the analytic count (docs/model.md)"
-                          "; XLA counts the scan body's element-wise work once"}
+             "mamba4rec": "the conv and the selective scan are element-wise, so not in the analytic count "
+                          "(docs/model.md); XLA counts the scan body's element-wise work once"}
 
 
 def model_config(host: str, name: str, length: int, a: argparse.Namespace, **overrides: Any) -> ModelConfig:

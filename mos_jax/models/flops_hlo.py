@@ -2,8 +2,8 @@
 
 ``hlo_dot_flops(hlo)`` sums ``2 * |out| * |contracted|`` over the ``dot`` ops of an HLO module's text (a static count:
 a ``while`` body, e.g. a ``lax.scan`` step, is seen once); ``while_body_dot_flops(hlo)`` is the part of it inside
-loop bodies and ``loop_dot_flops(hlo)`` gives each loop's trip count with it. ``xla_flops(lowered)`` is XLA's cost analysis of a lowered (not compiled) computation. Used by
-tests/test_flops.py and benchmarks/flops_table.py.
+loop bodies and ``loop_dot_flops(hlo)`` gives each loop's trip count with it. ``xla_flops(lowered)`` is XLA's cost
+analysis of a lowered (not compiled) computation. Used by tests/test_flops.py and benchmarks/flops_table.py.
 """
 
 from __future__ import annotations
