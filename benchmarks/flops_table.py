@@ -111,23 +111,27 @@ def _line(r: dict[str, Any]) -> str:
   return s
 
 
+SWITCHES = (("default (capacity_factor 1.5; global + short + K theme experts)", {}),
+            ("capacity_factor 1.25", {"capacity_factor": 1.25}),
+            ("capacity_factor 1.0", {"capacity_factor": 1.0}),
+            ("use_global_expert=False", {"use_global_expert": False}),
+            ("use_global_expert=False, capacity_factor 1.0", {"use_global_expert": False, "capacity_factor": 1.0}),
+            ("top_k 2 (twice the theme slots)", {"top_k": 2}))
+
+
 def switches(a: argparse.Namespace, length: int = 1024) -> list[dict[str, Any]]:
-  """MoS-SASRec vs GShard-top-2 executed FLOPs at ``length`` under the switches that move the ratio."""
-  gshard = {cf: count_flops(model_config("sasrec", "gshard", length, a, moe=MoEConfig(num_experts=a.themes,
-                                                                                      capacity_factor=cf)),
-                            batch_size=a.batch)["executed"] for cf in (1.25, 1.0)}
-  variants = [("default (capacity_factor 1.5, global + short + K theme experts)", {}),
-              ("capacity_factor 1.25", {"capacity_factor": 1.25}),
-              ("capacity_factor 1.0", {"capacity_factor": 1.0}),
-              ("use_global_expert=False", {"use_global_expert": False}),
-              ("use_global_expert=False, capacity_factor 1.0", {"use_global_expert": False, "capacity_factor": 1.0}),
-              ("top_k 2 (capacity doubles)", {"top_k": 2})]
+  """Per host and MoS switch at ``length``: MoS executed FLOPs over GShard-top-2's (capacity factor 1.25 and 1.0)."""
   out = []
-  for label, kw in variants:
-    f = count_flops(model_config("sasrec", "mos", length, a, **kw), batch_size=a.batch)
-    out.append({"variant": label, "overrides": kw, "L": length, "executed": f["executed"],
-                "global_expert": f["global_expert"], "theme_experts": f["theme_experts"],
-                "vs_gshard_cf1.25": f["executed"] / gshard[1.25], "vs_gshard_cf1.0": f["executed"] / gshard[1.0]})
+  for host in a.hosts:
+    gshard = {cf: count_flops(model_config(host, "gshard", length, a, moe=MoEConfig(num_experts=a.themes,
+                                                                                    capacity_factor=cf)),
+                              batch_size=a.batch)["executed"] for cf in (1.25, 1.0)}
+    for label, kw in SWITCHES:
+      f = count_flops(model_config(host, "mos", length, a, **kw), batch_size=a.batch)
+      out.append({"host": host, "variant": label, "overrides": kw, "L": length, "executed": f["executed"],
+                  "global_expert": f["global_expert"], "theme_experts": f["theme_experts"],
+                  "gshard_executed": gshard[1.25], "vs_gshard_cf1.25": f["executed"] / gshard[1.25],
+                  "vs_gshard_cf1.0": f["executed"] / gshard[1.0]})
   return out
 
 
@@ -163,12 +167,15 @@ def markdown(rows: list[dict[str, Any]], sw: list[dict[str, Any]], a: argparse.N
       lines.append(f"| {host} | " + " | ".join(
           f"{by[(host, 'mos', n)]['executed'] / by[(host, 'gshard', n)]['executed']:.2f}" for n in lengths) + " |")
   if sw:
-    lines += ["", f"MoS-SASRec switches at L = {sw[0]['L']} (executed MFLOPs; ratio to GShard top-2 at capacity "
-              "factor 1.25 (default) and 1.0):", "", "| MoS variant | executed | global expert | theme experts | "
-              "/ GShard cf 1.25 | / GShard cf 1.0 |", "|---|---:|---:|---:|---:|---:|"]
-    for s in sw:
-      lines.append(f"| {s['variant']} | {s['executed'] / 1e6:,.1f} | {s['global_expert'] / 1e6:,.1f} | "
-                   f"{s['theme_experts'] / 1e6:,.1f} | {s['vs_gshard_cf1.25']:.2f} | {s['vs_gshard_cf1.0']:.2f} |")
+    sw_hosts = list(dict.fromkeys(x["host"] for x in sw))
+    cell = {(x["host"], x["variant"]): x for x in sw}
+    lines += ["", f"MoS switches at L = {sw[0]['L']}: MoS executed / GShard-top-2 executed (GShard at its default "
+              "capacity factor 1.25; in brackets at capacity factor 1.0):", "",
+              "| MoS variant | " + " | ".join(sw_hosts) + " |", "|---|" + "---:|" * len(sw_hosts)]
+    for label, _ in SWITCHES:
+      lines.append(f"| {label} | " + " | ".join(
+          f"{cell[(h, label)]['vs_gshard_cf1.25']:.2f} ({cell[(h, label)]['vs_gshard_cf1.0']:.2f})"
+          for h in sw_hosts) + " |")
   notes = [f"{h}: {LOOP_NOTE[h]}" for h in hosts if h in LOOP_NOTE]
   if notes:
     lines += ["", "Checks that cannot be tight: " + "; ".join(notes) + "."]
@@ -215,7 +222,7 @@ def main(argv=None) -> None:
   command = "python benchmarks/flops_table.py " + " ".join(sys.argv[1:] if argv is None else argv)
   t0 = time.perf_counter()
   rows = build_rows(a)
-  sw = switches(a) if "sasrec" in a.hosts and 1024 in a.lengths else []
+  sw = switches(a) if 1024 in a.lengths and {"mos", "gshard"} <= set(a.models) else []
   md = markdown(rows, sw, a, command.strip())
   print(md)
   outside = [r for r in rows if "check" in r and not r["check"]["within_10pct"]]
