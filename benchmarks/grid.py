@@ -9,7 +9,9 @@ For every (dataset, host) it runs the multi-seed runner ``mos_jax.experiments.sw
 interrupted grid) with the five variants ``--config.model.name=NAME`` and the shared overrides
 ``--config.model.backbone=HOST`` plus the budget: every cell gets the same ``--steps`` optimizer steps at the same
 ``--batch`` (and one validation at the end, so early stopping cannot give one cell more steps than another). MoE
-baselines get ``moe.num_experts = model.num_themes`` (K experts against K themes).
+baselines get ``moe.num_experts = model.num_themes`` (K experts against K themes). The runs share JAX's persistent
+compilation cache (``JAX_COMPILATION_CACHE_DIR``, default ~/.cache/mos_jax/jax_cache), so seeds after the first
+skip most compilation.
 
 Output ``OUT/grid.md`` and ``OUT/grid.json``: one table (dataset, host, model: AUC, GAUC, logloss as mean ± sd over
 seeds, forward MFLOPs per example, parameters, train examples/s), the relative AUC / GAUC lift of MoS over each
@@ -197,6 +199,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str]) -> int:
   a = parse_args(argv)
+  # train.py / eval.py subprocesses inherit this: a cell's compiled steps are reused by its other seeds.
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ.get(
+      "MOS_JAX_COMPILATION_CACHE", os.path.expanduser("~/.cache/mos_jax/jax_cache")))
   out = pathlib.Path(a.out)
   t0 = time.perf_counter()
   summaries, params = {}, {}

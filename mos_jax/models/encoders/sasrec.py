@@ -2,7 +2,9 @@
 
 Reconstructed details (docs/model.md): pre-LayerNorm blocks; positions count *recency among valid items* (0 = most
 recent) so padding anywhere in the session grid never shifts them; the sequence representation is the output at the
-most recent valid position, projected to H. ``target`` is ignored.
+most recent valid position, projected to H. ``target`` is ignored. Self-attention runs through ``attention.attend``
+(``cfg.attention``: fused ``jax.nn.dot_product_attention`` or the einsum reference) and each block under
+``cfg.remat`` (docs/model.md, "Long sequences").
 
 ``cfg.sasrec`` (SASRecConfig) switches each of these to RecBole's SASRec (post-LN blocks, input LayerNorm, positions
 from the oldest kept item, exact GELU, LN eps, normal(initializer_range) init, attention dropout, no output

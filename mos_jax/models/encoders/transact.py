@@ -7,7 +7,7 @@ eps 1e-5, biased q/k/v/out projections, bidirectional attention over the valid p
 ``[outputs at the k most recent valid positions (zeros where missing), Linear(max-pool over valid outputs)]``, then
 ``Linear(-> H)``. Padding never attends nor is attended, and the last-k pick counts recency among valid items, so
 padding anywhere changes nothing; an empty row gives ``Linear(0)`` = the output bias. The training-time random time
-window is not built (encoders do not receive ``times``).
+window is not built (encoders do not receive ``times``). Attention and per-block remat as SASRec's (``attention.py``).
 """
 
 from __future__ import annotations
