@@ -8,19 +8,21 @@ For every (dataset, host) it runs the multi-seed runner ``mos_jax.experiments.sw
 --rules per variant and seed, each in its own subprocess; finished runs are skipped, so re-running completes an
 interrupted grid) with the five variants ``--config.model.name=NAME`` and the shared overrides
 ``--config.model.backbone=HOST`` plus the budget: every cell gets the same ``--steps`` optimizer steps at the same
-``--batch`` (and one validation at the end, so early stopping cannot give one cell more steps than another). MoE
-baselines get ``moe.num_experts = model.num_themes`` (K experts against K themes). The runs share JAX's persistent
-compilation cache (``JAX_COMPILATION_CACHE_DIR``, default ~/.cache/mos_jax/jax_cache), so seeds after the first
-skip most compilation.
+``--batch``, with ``--evals`` validations spread over them (the best one's checkpoint is tested; early stopping can
+only shorten a cell). MoE baselines get ``moe.num_experts = model.num_themes`` (K experts against K themes). The
+runs share JAX's persistent compilation cache (``JAX_COMPILATION_CACHE_DIR``, default ~/.cache/mos_jax/jax_cache),
+so seeds after the first skip most compilation.
 
 Output ``OUT/grid.md`` and ``OUT/grid.json``: one table (dataset, host, model: AUC, GAUC, logloss as mean ± sd over
 seeds, forward MFLOPs per example, parameters, train examples/s), the relative AUC / GAUC lift of MoS over each
 plain host (and its mean over hosts, the paper's headline: +0.68% AUC, +0.72% GAUC), and the best rule baseline of
 each dataset. Per-(dataset, host) sweep tables stay in ``OUT/<dataset>/<host>/summary.md``.
 
-``--quick``: hosts sasrec and din (one target-blind, one target-aware host), seed 0 only (so no sd), 60 steps at
-batch 64, D = H = 16 on the datasets' default preparations (configs/default.py, configs/taobao_ctr.py, so cached
-prepared data are reused): 2 x 2 x 5 = 20 cells, measured in docs/baselines.md ("The grid").
+Full defaults: all 7 hosts, seeds 0,1,2, 1200 steps at batch 128 (about 4 epochs of the synthetic data, 9 of the
+Taobao head), 4 validations, D = H = 32, K = E = 4. ``--quick``: hosts sasrec and din (one target-blind, one
+target-aware host), seed 0 only (so no sd), 60 steps at batch 64, one validation, D = H = 16, on the datasets'
+default preparations (configs/default.py, configs/taobao_ctr.py, so cached prepared data are reused): 2 x 2 x 5 = 20
+cells, measured in docs/baselines.md ("The grid"). Explicit flags override the --quick values.
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ HOSTS = ("sasrec", "gru4rec", "din", "transact", "sdim", "twin", "mamba4rec")
 MODELS = ("backbone", "gshard", "expert_choice", "dselect_k", "mos")
 DATASETS = {"synthetic": "configs/default.py", "taobao": "configs/taobao_ctr.py"}
 METRICS = ("auc", "gauc", "logloss")
-QUICK = dict(hosts="sasrec,din", seeds="0", steps=60, batch=64, dim=16)
-FULL = dict(hosts=",".join(HOSTS), seeds="0,1,2", steps=2000, batch=128, dim=32)
+QUICK = dict(hosts="sasrec,din", seeds="0", steps=60, batch=64, dim=16, evals=1)
+FULL = dict(hosts=",".join(HOSTS), seeds="0,1,2", steps=1200, batch=128, dim=32, evals=4)
 
 
 # -- pure parts (tests/test_grid.py) ----------------------------------------------------------------------------------
@@ -159,8 +161,9 @@ def count_params(workdir: pathlib.Path) -> int | None:
 
 def shared_overrides(a: argparse.Namespace, host: str) -> list[str]:
   return [f"--config.model.backbone={host}", f"--config.train.num_steps={a.steps}",
-          f"--config.train.batch_size={a.batch}", f"--config.train.eval_every={a.steps}",
-          f"--config.train.checkpoint_every={a.steps}", "--config.train.warmup_steps=0" if a.steps < 100 else
+          f"--config.train.batch_size={a.batch}",
+          f"--config.train.eval_every={max(1, a.steps // a.evals)}",
+          f"--config.train.checkpoint_every={max(1, a.steps // a.evals)}", "--config.train.warmup_steps=0" if a.steps < 100 else
           f"--config.train.warmup_steps={min(100, a.steps // 10)}",
           f"--config.train.log_every={max(1, min(20, a.steps // 5))}", f"--config.model.embed_dim={a.dim}",
           f"--config.model.hidden_dim={a.dim}", f"--config.model.moe.num_experts={a.themes}",
@@ -178,6 +181,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p.add_argument("--steps", type=int, default=None, help="optimizer steps per cell (same for every cell)")
   p.add_argument("--batch", type=int, default=None)
   p.add_argument("--dim", type=int, default=None, help="D = H")
+  p.add_argument("--evals", type=int, default=None, help="validations per cell (the best checkpoint is tested)")
   p.add_argument("--themes", type=int, default=4, help="K themes (MoS) = E experts (MoE)")
   p.add_argument("--split", default="test", choices=("valid", "test"))
   a, extra = p.parse_known_args(argv)

@@ -79,8 +79,9 @@ def test_flags_quick_defaults_and_errors(capsys):
   over = grid.shared_overrides(a, "din")
   assert "--config.model.backbone=din" in over and "--config.train.num_steps=60" in over
   assert "--config.train.eval_every=60" in over and over[-1] == "--config.data.neg_ratio=2"
-  full = grid.parse_args(["--out=x"])
-  assert full.hosts == list(grid.HOSTS) and full.seeds == "0,1,2"
+  full = grid.parse_args(["--out=x", "--steps=100"])
+  assert full.hosts == list(grid.HOSTS) and full.seeds == "0,1,2" and full.evals == 4
+  assert "--config.train.eval_every=25" in grid.shared_overrides(full, "sasrec")
   with pytest.raises(SystemExit):
     grid.parse_args(["--out=x", "--hosts=nope"])
   assert "--hosts: unknown ['nope']" in capsys.readouterr().err
