@@ -160,11 +160,11 @@ def count_params(workdir: pathlib.Path) -> int | None:
 
 
 def shared_overrides(a: argparse.Namespace, host: str) -> list[str]:
+  """The overrides every variant of one host shares: the host, the budget and the sizes, then ``a.extra``."""
+  every = max(1, a.steps // a.evals)
   return [f"--config.model.backbone={host}", f"--config.train.num_steps={a.steps}",
-          f"--config.train.batch_size={a.batch}",
-          f"--config.train.eval_every={max(1, a.steps // a.evals)}",
-          f"--config.train.checkpoint_every={max(1, a.steps // a.evals)}", "--config.train.warmup_steps=0" if a.steps < 100 else
-          f"--config.train.warmup_steps={min(100, a.steps // 10)}",
+          f"--config.train.batch_size={a.batch}", f"--config.train.eval_every={every}",
+          f"--config.train.checkpoint_every={every}", f"--config.train.warmup_steps={min(100, a.steps // 10)}",
           f"--config.train.log_every={max(1, min(20, a.steps // 5))}", f"--config.model.embed_dim={a.dim}",
           f"--config.model.hidden_dim={a.dim}", f"--config.model.moe.num_experts={a.themes}",
           f"--config.model.num_themes={a.themes}", *a.extra]
