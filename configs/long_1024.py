@@ -23,6 +23,7 @@ def get_config() -> Config:
   syn.session_len = (4, 16)
   cfg.model.num_themes = 8  # K
   cfg.train.batch_size = 64
+  cfg.train.eval_batch_size = 64  # attention scores are [B, heads, L, L] float32: 512 MiB per block here
   cfg.train.num_epochs = 2.0
   cfg.train.warmup_steps = 20
   cfg.train.eval_every = 100

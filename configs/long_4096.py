@@ -1,8 +1,8 @@
 """MoS-SASRec at L = S x T = 256 x 16 = 4096 on a long-history synthetic variant (docs/model.md, "Long sequences").
 
 configs/long_1024.py with 256 sessions per grid: 260-320 sessions of 4-16 items per user (about 2,900 events each).
-Attention memory grows with L^2, so this config turns on per-block remat (``model.remat='dots'``) and keeps the batch
-at 32. Smoke test: ``python train.py --config=configs/long_4096.py --config.train.num_steps=2``.
+Attention memory grows with L^2 (the global expert's scores are [B, heads, L, L] float32: 128 MiB per example),
+so this config turns on per-block remat (``model.remat='dots'``) and keeps batches at 16 for a CPU host. Smoke test: ``python train.py --config=configs/long_4096.py --config.train.num_steps=2``.
 """
 
 import pathlib
@@ -16,5 +16,6 @@ def get_config() -> Config:
   cfg.data.num_sessions = 256  # S
   cfg.data.synthetic.sessions_per_user = (260, 320)
   cfg.model.remat = "dots"
-  cfg.train.batch_size = 32
+  cfg.train.batch_size = 16
+  cfg.train.eval_batch_size = 16
   return cfg
