@@ -27,8 +27,8 @@ import time
 from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-DEFAULT_RUNS = ("mos:sasrec,mos:twin,backbone:sasrec,gshard:sasrec,mos:din,mos:sdim,mos:transact,mos:gru4rec,"
-                "mos:mamba4rec")
+DEFAULT_RUNS = ("mos:sasrec,mos:twin,backbone:sasrec,mos:din,mos:sdim,mos:transact,mos:gru4rec,mos:mamba4rec,"
+                "gshard:sasrec")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
