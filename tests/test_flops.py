@@ -8,9 +8,6 @@ checked exactly: the sum of 2 * |out| * |contracted| over the ``dot`` ops of the
 
 from __future__ import annotations
 
-import math
-import re
-
 import jax
 import numpy as np
 import pytest
@@ -18,55 +15,9 @@ from flax import nnx
 
 from mos_jax.models import ModelConfig, MoEConfig, build_model
 from mos_jax.models.flops import count_flops, encoder_flops
+from mos_jax.models.flops_hlo import hlo_dot_flops, loop_dot_flops, while_body_dot_flops
 
 B = 8
-_SHAPE = re.compile(r"^\s*(?:ROOT\s+)?([\w.\-]+)\s*=\s*\w+\[([\d,]*)\]")
-_DOT = re.compile(r"=\s*\w+\[([\d,]*)\]\S*\s+dot\(([\w.\-]+),\s*([\w.\-]+)\).*lhs_contracting_dims=\{([\d,]*)\}")
-
-
-def hlo_dot_flops(hlo: str) -> float:
-  """2 * prod(output) * prod(contracted lhs dims), summed over the dot instructions of an HLO module text."""
-  shapes = {}
-  for line in hlo.splitlines():
-    m = _SHAPE.match(line)
-    if m:
-      shapes[m.group(1)] = [int(v) for v in m.group(2).split(",") if v]
-  total = 0.0
-  for line in hlo.splitlines():
-    m = _DOT.search(line)
-    if m:
-      out = math.prod(int(v) for v in m.group(1).split(",") if v)
-      lhs = shapes[m.group(2)]
-      total += 2 * out * math.prod(lhs[int(i)] for i in m.group(4).split(",") if i)
-  return total
-
-
-_HEADER = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
-_BODY = re.compile(r"\bwhile\(.*body=%?([\w.\-]+)")
-_CALLS = re.compile(r"(?:to_apply|calls|body|condition)=%?([\w.\-]+)")
-
-
-def while_body_dot_flops(hlo: str) -> float:
-  """The part of ``hlo_dot_flops`` inside while-loop bodies (which a static count sees once per loop, not per trip)."""
-  blocks, name = {}, None
-  for line in hlo.splitlines():
-    m = _HEADER.match(line)
-    if m and not line.startswith(" "):
-      name = m.group(1)
-      blocks[name] = []
-    elif name is not None:
-      blocks[name].append(line)
-  bodies = {m.group(1) for line in hlo.splitlines() for m in [_BODY.search(line)] if m}
-  todo = list(bodies)
-  while todo:  # plus every computation a body calls (e.g. the closed_call holding the recurrent matmul)
-    for line in blocks.get(todo.pop(), []):
-      for ref in _CALLS.findall(line):
-        if ref in blocks and ref not in bodies:
-          bodies.add(ref)
-          todo.append(ref)
-  # The shape table is module-wide; hlo_dot_flops of the module restricted to the body lines.
-  shapes_text = "\n".join(line for line in hlo.splitlines() if _SHAPE.match(line) and " dot(" not in line)
-  return sum(hlo_dot_flops(shapes_text + "\n" + "\n".join(blocks[b])) for b in bodies if b in blocks)
 
 
 def _cfg(name, **kw):
@@ -124,6 +75,7 @@ def test_gru_formula_matches_xla(sessions, session_len):
   h = cfg.hidden_dim
   np.testing.assert_allclose(body, 2 * h * 3 * h, rtol=1e-9)  # the loop body holds the recurrent matmul, once
   np.testing.assert_allclose(count_flops(cfg)["executed"], dots + (length - 1) * body, rtol=1e-9)
+  assert loop_dot_flops(_xla.last_hlo) == [(length, body * B)]  # trip count read from the loop condition
 
 
 def test_breakdown_and_active_vs_executed():

@@ -75,6 +75,10 @@ class ModelConfig:
   dropout: float = 0.1
   use_category: bool = True
   dtype: str = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+  # Long sequences (docs/model.md, "Long sequences"): SASRec / TransAct self-attention through
+  # jax.nn.dot_product_attention (xla | cudnn) or the hand-written einsum path; jax.checkpoint per encoder block.
+  attention: str = "xla"  # xla | cudnn (GPU, bf16/fp16) | einsum
+  remat: str = "none"  # none | full (recompute the whole block) | dots (keep weight-matmul outputs)
   # MoS routing.
   num_themes: int = 4  # K
   top_k: int = 1
@@ -135,6 +139,8 @@ class ModelConfig:
       "drop_policy": ("oldest", "newest"),
       "gate_scaling": ("multiply", "straight_through", "none"),
       "fusion": ("gate", "mean"),
+      "attention": ("xla", "cudnn", "einsum"),
+      "remat": ("none", "full", "dots"),
     }
     for field, allowed in choices.items():
       if getattr(self, field) not in allowed:

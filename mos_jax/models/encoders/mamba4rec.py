@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mos_jax.models.config import ModelConfig
+from mos_jax.models.encoders.attention import remat_block
 from mos_jax.models.encoders.base import Encoder, register_encoder
 from mos_jax.models.encoders.selective_scan import selective_scan
 from mos_jax.models.host_configs import Mamba4RecConfig
@@ -116,6 +117,7 @@ class Mamba4Rec(Encoder):
     d, dt = cfg.embed_dim, cfg.compute_dtype
     self.out_dim = cfg.hidden_dim
     self.dtype = dt
+    self.remat = cfg.remat
     self.drop = nnx.Dropout(cfg.dropout, rngs=rngs)
     self.norm = nnx.LayerNorm(d, epsilon=1e-12, dtype=dt, rngs=rngs)
     self.layers = nnx.List([_MambaLayer(d, cfg.mamba4rec, cfg.num_layers, cfg.dropout, dtype=dt, rngs=rngs)
@@ -130,6 +132,6 @@ class Mamba4Rec(Encoder):
     x, mask = compact(x.astype(self.dtype), mask.astype(bool))
     h = self.norm(self.drop(jnp.where(mask[..., None], x, 0), deterministic=deterministic))
     for layer in self.layers:
-      h = layer(h, mask, deterministic=deterministic)
+      h = remat_block(layer, self.remat, h, mask, deterministic=deterministic)
     h = jnp.where(mask[:, -1:], h[:, -1], 0)  # the most recent valid item sits at L-1 after compaction
     return h if self.out is None else self.out(h)

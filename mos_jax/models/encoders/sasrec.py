@@ -2,7 +2,9 @@
 
 Reconstructed details (docs/model.md): pre-LayerNorm blocks; positions count *recency among valid items* (0 = most
 recent) so padding anywhere in the session grid never shifts them; the sequence representation is the output at the
-most recent valid position, projected to H. ``target`` is ignored.
+most recent valid position, projected to H. ``target`` is ignored. Self-attention runs through ``attention.attend``
+(``cfg.attention``: fused ``jax.nn.dot_product_attention`` or the einsum reference) and each block under
+``cfg.remat`` (docs/model.md, "Long sequences").
 
 ``cfg.sasrec`` (SASRecConfig) switches each of these to RecBole's SASRec (post-LN blocks, input LayerNorm, positions
 from the oldest kept item, exact GELU, LN eps, normal(initializer_range) init, attention dropout, no output
@@ -16,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mos_jax.models.config import ModelConfig
+from mos_jax.models.encoders.attention import attend, remat_block
 from mos_jax.models.encoders.base import Encoder, register_encoder
 
 _NEG = -1e9  # finite "minus infinity": rows with nothing to attend to stay finite (and their gradients too)
@@ -63,6 +66,7 @@ class _Block(nnx.Module):
     d, dt, opt = cfg.embed_dim, cfg.compute_dtype, cfg.sasrec
     lin = _linear_init(opt.init_std)
     self.num_heads = cfg.num_heads
+    self.attention = cfg.attention
     self.post_norm = opt.norm == "post"
     self.act = _ACTIVATIONS[opt.activation]
     self.norm1 = nnx.LayerNorm(d, epsilon=opt.layer_norm_eps, dtype=dt, rngs=rngs)
@@ -74,19 +78,20 @@ class _Block(nnx.Module):
     self.drop = nnx.Dropout(cfg.dropout, rngs=rngs)
     self.attn_drop = nnx.Dropout(opt.attn_dropout, rngs=rngs) if opt.attn_dropout > 0 else None
 
-  def __call__(self, x: jax.Array, allowed: jax.Array, *, deterministic: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, mask: jax.Array, *, deterministic: bool) -> jax.Array:
     n, l, d = x.shape
     q, k, v = jnp.split(self.qkv(x if self.post_norm else self.norm1(x)), 3, axis=-1)
     heads = lambda t: t.reshape(n, l, self.num_heads, d // self.num_heads)  # noqa: E731
     q, k, v = heads(q), heads(k), heads(v)
-    # scores[N, heads, Lq, Lk] in float32; softmax in float32 too.
-    scores = jnp.einsum("nqhd,nkhd->nhqk", q, k, preferred_element_type=jnp.float32)
-    scores = scores * (d // self.num_heads) ** -0.5
-    scores = jnp.where(allowed[:, None], scores, _NEG)
-    probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
-    if self.attn_drop is not None:
-      probs = self.attn_drop(probs, deterministic=deterministic)
-    att = jnp.einsum("nhqk,nkhd->nqhd", probs, v).reshape(n, l, d)
+    if self.attn_drop is None:  # causal, valid keys only; float32 scores and softmax (attention.py)
+      att = attend(q, k, v, mask, causal=True, impl=self.attention).reshape(n, l, d)
+    else:  # attention dropout acts on the probabilities, so this path spells them out
+      scores = jnp.einsum("nqhd,nkhd->nhqk", q, k, preferred_element_type=jnp.float32)
+      scores = scores * (d // self.num_heads) ** -0.5
+      allowed = jnp.tril(jnp.ones((l, l), bool))[None] & mask[:, None, :]  # [N, Lq, Lk]
+      scores = jnp.where(allowed[:, None], scores, _NEG)
+      probs = self.attn_drop(jax.nn.softmax(scores, axis=-1).astype(x.dtype), deterministic=deterministic)
+      att = jnp.einsum("nhqk,nkhd->nqhd", probs, v).reshape(n, l, d)
     x = x + self.drop(self.proj(att), deterministic=deterministic)
     if self.post_norm:
       x = self.norm1(x)
@@ -104,6 +109,7 @@ class SASRec(Encoder):
       raise ValueError(f"ModelConfig.sasrec.out_proj=False needs hidden_dim == embed_dim, got {cfg.hidden_dim} "
                        f"and {d}")
     self.max_len = max_len
+    self.remat = cfg.remat
     self.out_dim = cfg.hidden_dim
     self.dtype = dt
     self.oldest_first = opt.positions == "oldest"
@@ -126,11 +132,8 @@ class SASRec(Encoder):
     if self.in_norm is not None:
       h = self.in_norm(h)
     h = self.drop(jnp.where(mask[..., None], h, 0), deterministic=deterministic)
-    l = x.shape[1]
-    causal = jnp.tril(jnp.ones((l, l), bool))
-    allowed = causal[None] & mask[:, None, :]  # [N, Lq, Lk]: earlier-or-same, valid keys only
     for block in self.blocks:
-      h = block(h, allowed, deterministic=deterministic)
+      h = remat_block(block, self.remat, h, mask, deterministic=deterministic)
     if self.norm is not None:
       h = self.norm(h)
     h = last_valid(h, mask)

@@ -7,7 +7,7 @@ eps 1e-5, biased q/k/v/out projections, bidirectional attention over the valid p
 ``[outputs at the k most recent valid positions (zeros where missing), Linear(max-pool over valid outputs)]``, then
 ``Linear(-> H)``. Padding never attends nor is attended, and the last-k pick counts recency among valid items, so
 padding anywhere changes nothing; an empty row gives ``Linear(0)`` = the output bias. The training-time random time
-window is not built (encoders do not receive ``times``).
+window is not built (encoders do not receive ``times``). Attention and per-block remat as SASRec's (``attention.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mos_jax.models.config import ModelConfig
+from mos_jax.models.encoders.attention import attend, remat_block
 from mos_jax.models.encoders.base import Encoder, register_encoder
 from mos_jax.models.encoders.sasrec import recency_positions
 from mos_jax.models.encoders.target_attention import NEG
@@ -25,8 +26,10 @@ from mos_jax.models.encoders.target_attention import NEG
 class _PostLNBlock(nnx.Module):
   """x = LN1(x + drop(MHA(x))); x = LN2(x + drop(W2 drop(relu(W1 x))))."""
 
-  def __init__(self, width: int, num_heads: int, ffn_dim: int, dropout: float, *, dtype, rngs: nnx.Rngs):
+  def __init__(self, width: int, num_heads: int, ffn_dim: int, dropout: float, *, dtype, attention: str,
+               rngs: nnx.Rngs):
     self.num_heads = num_heads
+    self.attention = attention
     self.q = nnx.Linear(width, width, dtype=dtype, rngs=rngs)
     self.k = nnx.Linear(width, width, dtype=dtype, rngs=rngs)
     self.v = nnx.Linear(width, width, dtype=dtype, rngs=rngs)
@@ -41,9 +44,7 @@ class _PostLNBlock(nnx.Module):
     n, l, e = x.shape
     heads = lambda t: t.reshape(n, l, self.num_heads, e // self.num_heads)  # noqa: E731
     q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
-    scores = jnp.einsum("nqhd,nkhd->nhqk", q, k, preferred_element_type=jnp.float32) * (e // self.num_heads) ** -0.5
-    probs = jax.nn.softmax(jnp.where(mask[:, None, None, :], scores, NEG), axis=-1).astype(x.dtype)
-    att = jnp.einsum("nhqk,nkhd->nqhd", probs, v).reshape(n, l, e)
+    att = attend(q, k, v, mask, causal=False, impl=self.attention).reshape(n, l, e)  # f32 scores and softmax
     x = self.norm1(x + self.drop(self.proj(att), deterministic=deterministic))
     y = self.ff2(self.drop(jax.nn.relu(self.ff1(x)), deterministic=deterministic))
     return self.norm2(x + self.drop(y, deterministic=deterministic))
@@ -62,8 +63,9 @@ class TransAct(Encoder):
     self.out_dim = cfg.hidden_dim
     self.dtype = dt
     self.early_fusion, self.last_k, self.max_pool = c.early_fusion, c.last_k, c.max_pool
-    self.blocks = nnx.List([_PostLNBlock(width, cfg.num_heads, c.ffn_dim, cfg.dropout, dtype=dt, rngs=rngs)
-                            for _ in range(cfg.num_layers)])
+    self.remat = cfg.remat
+    self.blocks = nnx.List([_PostLNBlock(width, cfg.num_heads, c.ffn_dim, cfg.dropout, dtype=dt,
+                                         attention=cfg.attention, rngs=rngs) for _ in range(cfg.num_layers)])
     self.pool = nnx.Linear(width, width, dtype=dt, rngs=rngs) if c.max_pool else None
     self.out = nnx.Linear((c.last_k + int(c.max_pool)) * width, cfg.hidden_dim, dtype=dt, rngs=rngs)
 
@@ -77,7 +79,7 @@ class TransAct(Encoder):
       h = jnp.concatenate([h, jnp.broadcast_to(t[:, None, :], h.shape)], axis=-1)
     h = jnp.where(mask[..., None], h, 0)
     for block in self.blocks:
-      h = block(h, mask, deterministic=deterministic)
+      h = remat_block(block, self.remat, h, mask, deterministic=deterministic)
     h = jnp.where(mask[..., None], h, 0)
     feats = []
     if self.last_k:
