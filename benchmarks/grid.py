@@ -234,9 +234,7 @@ def main(argv: Sequence[str]) -> int:
   for name, text in (("grid.md", md), ("grid.json", json.dumps(
       {"command": command, "args": vars(a), "rows": rows, "lifts": lift_table,
        "best_rules": rules, "wall_min": minutes}, indent=1, allow_nan=True))):
-    tmp = out / (name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, out / name)
+    sweep.write_text_atomic(out / name, text)
   print(md)
   return 0
 

@@ -95,10 +95,15 @@ def _run(cmd: list[str], log: pathlib.Path) -> float:
   return time.perf_counter() - t0
 
 
-def _write_json(path: pathlib.Path, obj: Any) -> None:
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text(json.dumps(obj, indent=1, allow_nan=True))
+def write_text_atomic(path: pathlib.Path, text: str) -> None:
+  """Writes ``text`` to a temporary file beside ``path``, then renames it: readers never see half a file."""
+  tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+  tmp.write_text(text)
   os.replace(tmp, path)
+
+
+def _write_json(path: pathlib.Path, obj: Any) -> None:
+  write_text_atomic(path, json.dumps(obj, indent=1, allow_nan=True))
 
 
 def run_one(args: argparse.Namespace, variant: Variant, seed: int, shared: list[str]) -> dict[str, Any]:
@@ -257,9 +262,7 @@ def main(argv: list[str]) -> int:
         f"{(time.perf_counter() - t0) / 60:.1f} min).\n"
   for name, text in (("summary.md", md), ("summary.json", json.dumps(
       {"command": cmd, "aggregate": agg, "runs": records}, indent=1, allow_nan=True))):
-    tmp = out / (name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, out / name)
+    write_text_atomic(out / name, text)
   print(md)
   return 0
 
