@@ -18,9 +18,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mos_jax.models.config import ModelConfig
-from mos_jax.models.encoders.base import Encoder, register_encoder
-from mos_jax.models.encoders.sasrec import recency_positions
-from mos_jax.models.encoders.target_attention import TargetAttention, require_target
+from mos_jax.models.encoders.base import register_encoder
+from mos_jax.models.encoders.target_attention import LongShortTargetEncoder, TargetAttention
 
 
 class HashRotation(nnx.Variable):
@@ -35,8 +34,10 @@ def hash_buckets(x: jax.Array, rotation: jax.Array) -> jax.Array:
 
 
 @register_encoder("sdim")
-class SDIM(Encoder):
+class SDIM(LongShortTargetEncoder):
   """(x[N,L,D], mask[N,L], target[N,D]) -> h[N,H]."""
+
+  name = "sdim"
 
   def __init__(self, cfg: ModelConfig, *, max_len: int, rngs: nnx.Rngs):
     del max_len
@@ -61,12 +62,3 @@ class SDIM(Encoder):
     if self.l2_norm:
       per_hash = per_hash * jax.lax.rsqrt(jnp.maximum(jnp.sum(per_hash**2, -1, keepdims=True), 1e-12))
     return jnp.mean(per_hash, axis=1).astype(x.dtype)
-
-  def __call__(self, x: jax.Array, mask: jax.Array, target: jax.Array | None = None, *,
-               deterministic: bool) -> jax.Array:
-    target = require_target("sdim", target).astype(self.dtype)
-    mask = mask.astype(bool)
-    x = jnp.where(mask[..., None], x.astype(self.dtype), 0)
-    recent = mask & (recency_positions(mask, x.shape[1]) < self.short_seq_len)
-    feats = jnp.concatenate([self.short(x, recent, target), self.long_interest(x, mask, target)], axis=-1)
-    return self.out(self.drop(feats, deterministic=deterministic))

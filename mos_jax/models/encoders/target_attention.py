@@ -11,6 +11,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mos_jax.models.encoders.base import Encoder
+from mos_jax.models.encoders.sasrec import recency_positions
+
 NEG = -1e9  # finite "minus infinity" (as in SASRec): empty rows and their gradients stay finite
 
 
@@ -56,3 +59,26 @@ def require_target(name: str, target: jax.Array | None) -> jax.Array:
     raise ValueError(f"encoder {name!r} needs the CTR target embedding (target=None, i.e. next-item mode); "
                      f"use task='ctr' or a target-free backbone (sasrec, gru4rec, mamba4rec)")
   return target
+
+
+class LongShortTargetEncoder(Encoder):
+  """The shape SDIM and TWIN share: [short-term target attention over the ``short_seq_len`` most recent valid items ;
+  the host's ``long_interest`` over the whole sequence] -> dropout -> Linear(2D -> H).
+
+  Subclasses set ``name``, ``dtype``, ``short_seq_len``, ``short`` (TargetAttention), ``drop``, ``out`` and implement
+  ``long_interest(x, mask, target) -> [N, D]``.
+  """
+
+  name: str
+
+  def long_interest(self, x: jax.Array, mask: jax.Array, target: jax.Array) -> jax.Array:
+    raise NotImplementedError
+
+  def __call__(self, x: jax.Array, mask: jax.Array, target: jax.Array | None = None, *,
+               deterministic: bool) -> jax.Array:
+    target = require_target(self.name, target).astype(self.dtype)
+    mask = mask.astype(bool)
+    x = jnp.where(mask[..., None], x.astype(self.dtype), 0)
+    recent = mask & (recency_positions(mask, x.shape[1]) < self.short_seq_len)
+    feats = jnp.concatenate([self.short(x, recent, target), self.long_interest(x, mask, target)], axis=-1)
+    return self.out(self.drop(feats, deterministic=deterministic))

@@ -18,9 +18,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mos_jax.models.config import ModelConfig
-from mos_jax.models.encoders.base import Encoder, register_encoder
-from mos_jax.models.encoders.sasrec import recency_positions
-from mos_jax.models.encoders.target_attention import NEG, TargetAttention, masked_softmax, require_target
+from mos_jax.models.encoders.base import register_encoder
+from mos_jax.models.encoders.target_attention import NEG, LongShortTargetEncoder, TargetAttention, masked_softmax
 
 
 def select_topk(scores: jax.Array, mask: jax.Array, k: int, shared: bool) -> tuple[jax.Array, jax.Array]:
@@ -36,8 +35,10 @@ def select_topk(scores: jax.Array, mask: jax.Array, k: int, shared: bool) -> tup
 
 
 @register_encoder("twin")
-class TWIN(Encoder):
+class TWIN(LongShortTargetEncoder):
   """(x[N,L,D], mask[N,L], target[N,D]) -> h[N,H]."""
+
+  name = "twin"
 
   def __init__(self, cfg: ModelConfig, *, max_len: int, rngs: nnx.Rngs):
     del max_len
@@ -59,12 +60,3 @@ class TWIN(Encoder):
     v_top = jnp.take_along_axis(jnp.swapaxes(v, 1, 2), idx[..., None], axis=2)  # [N,h,k,dh]
     att = jnp.einsum("nhk,nhkd->nhd", p, v_top)
     return self.long.o(att.reshape(att.shape[0], -1))
-
-  def __call__(self, x: jax.Array, mask: jax.Array, target: jax.Array | None = None, *,
-               deterministic: bool) -> jax.Array:
-    target = require_target("twin", target).astype(self.dtype)
-    mask = mask.astype(bool)
-    x = jnp.where(mask[..., None], x.astype(self.dtype), 0)
-    recent = mask & (recency_positions(mask, x.shape[1]) < self.short_seq_len)
-    feats = jnp.concatenate([self.short(x, recent, target), self.long_interest(x, mask, target)], axis=-1)
-    return self.out(self.drop(feats, deterministic=deterministic))
