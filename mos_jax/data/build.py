@@ -67,10 +67,8 @@ def grid_items(sess: sessions.Sessions, user_start: np.ndarray, user: np.ndarray
   parts = [np.zeros((0, S * T), np.int32)]
   for a in range(0, len(target), 16384):
     g = target[a:a + 16384]
-    lo, hi, _ = sessions.grid_bounds(sess, user_start[user[g] - 1], g, S, T)
-    idx = lo[:, :, None] + np.arange(T)[None, None, :]
-    ok = idx < hi[:, :, None]
-    parts.append(np.where(ok, item[np.where(ok, idx, 0)], 0).reshape(len(g), S * T).astype(np.int32))
+    idx, ok, _, _ = sessions.grid_index(sess, user_start[user[g] - 1], g, S, T)
+    parts.append(np.where(ok, item[idx], 0).reshape(len(g), S * T).astype(np.int32))
   return np.concatenate(parts)
 
 

@@ -70,14 +70,20 @@ def grid_bounds(sess: Sessions, user_first: np.ndarray, target: np.ndarray, S: i
   return lo, np.where(valid, hi, lo), valid
 
 
+def grid_index(sess: Sessions, user_first: np.ndarray, target: np.ndarray, S: int, T: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """Event index of every grid cell: (idx [N,S,T] (0 where empty), ok [N,S,T] (cell holds an event), hi, valid)."""
+  lo, hi, valid = grid_bounds(sess, user_first, target, S, T)
+  idx = lo[:, :, None] + np.arange(T)[None, None, :]  # [N,S,T]
+  ok = idx < hi[:, :, None]
+  return np.where(ok, idx, 0), ok, hi, valid
+
+
 def pack(sess: Sessions, user_first: np.ndarray, target: np.ndarray, S: int, T: int,
          fields: dict[str, np.ndarray], time: np.ndarray, theme: np.ndarray) -> dict[str, np.ndarray]:
   """History grids of the targets: each field int32 [N,S,T] (0 = padding), ``times`` = t(target) - t(event) >= 0,
   ``session_theme`` int32 [N,S] (theme of the session's last packed event, -1 for padding rows)."""
-  lo, hi, valid = grid_bounds(sess, user_first, target, S, T)
-  idx = lo[:, :, None] + np.arange(T)[None, None, :]  # [N,S,T]
-  ok = idx < hi[:, :, None]
-  idx = np.where(ok, idx, 0)
+  idx, ok, hi, valid = grid_index(sess, user_first, target, S, T)
   out = {k: np.where(ok, v[idx], 0).astype(np.int32) for k, v in fields.items()}
   dt = np.clip(time[target][:, None, None] - time[idx], 0, np.iinfo(np.int32).max)
   out["times"] = np.where(ok, dt, 0).astype(np.int32)
