@@ -6,6 +6,7 @@ import dataclasses
 
 NEGATIVES = ("uniform", "popularity", "in_category", "history_matched", "matched")
 TARGET_POSITIONS = ("all", "session_start")
+SYNTHETIC_PRESETS = ("hopping", "realistic")
 
 
 @dataclasses.dataclass
@@ -29,6 +30,46 @@ class SyntheticConfig:
   within_gap_s: tuple[int, int] = (10, 600)  # seconds between events of one session
   between_gap_s: tuple[int, int] = (3600, 3 * 86400)  # seconds between sessions
   seed: int = 0
+  # Which generative process (docs/data.md, "Synthetic presets"): hopping (above; the tests' and the default run's
+  # data) | realistic (every event a target, Zipf popularity inside a theme, themes over shared categories, 2-5
+  # interests per user with uneven weights, geometric session lengths, noise). configs/realistic.py sets its sizes.
+  preset: str = "hopping"
+  hopping: bool = True  # False = the no-hopping control: every user draws all sessions from one theme
+  # realistic only:
+  interests: tuple[int, int] = (2, 5)  # themes per user, inclusive range (weights ~ Dirichlet(1))
+  zipf_exponent: float = 1.0  # item popularity inside a theme ~ rank ** -zipf_exponent
+  chain_prob: float = 0.5  # an in-theme item continues the user's chain in that theme, else a popular item
+  mean_session_len: float = 4.0  # geometric session lengths with this mean, clipped to session_len
+
+  def validate(self) -> None:
+    """Raises ValueError naming the field (``SyntheticConfig.FIELD=VALUE: expected ...``)."""
+
+    def bad(field, expected):
+      raise ValueError(f"SyntheticConfig.{field}={getattr(self, field)!r}: expected {expected}")
+
+    if self.preset not in SYNTHETIC_PRESETS:
+      bad("preset", f"one of {SYNTHETIC_PRESETS}")
+    if self.num_themes < 1:
+      bad("num_themes", "an integer >= 1")
+    if self.items_per_theme < 2:
+      bad("items_per_theme", "an integer >= 2")
+    if self.cats_per_theme < 1 or (self.preset == "realistic" and self.cats_per_theme < 2):
+      bad("cats_per_theme", "an integer >= 1 (>= 2 for the realistic preset, whose neighbouring themes share one)")
+    if not 1 <= self.favourite_themes <= self.num_themes:
+      bad("favourite_themes", f"an integer in [1, num_themes={self.num_themes}]")
+    for field, lo in (("sessions_per_user", 1), ("session_len", 1), ("interests", 1)):
+      a, b = getattr(self, field)
+      if not lo <= a <= b:
+        bad(field, f"an inclusive range (a, b) with {lo} <= a <= b")
+    if self.interests[1] > self.num_themes:
+      bad("interests", f"a range within [1, num_themes={self.num_themes}]")
+    for field in ("repeat_prob", "noise", "chain_prob"):
+      if not 0 <= getattr(self, field) <= 1:
+        bad(field, "a probability in [0, 1]")
+    if self.zipf_exponent < 0:
+      bad("zipf_exponent", ">= 0")
+    if self.mean_session_len < 1:
+      bad("mean_session_len", ">= 1")
 
 
 @dataclasses.dataclass
@@ -100,3 +141,5 @@ class DataConfig:
       bad("target_position", f"one of {TARGET_POSITIONS}")
     if self.max_train_targets_per_user < 0:
       bad("max_train_targets_per_user", "an integer >= 0 (0 = all)")
+    if self.dataset == "synthetic":
+      self.synthetic.validate()
