@@ -76,3 +76,49 @@ def test_auc_matches_pairwise_definition():
   s = rng.integers(0, 5, 50).astype(np.float64)
   pairs = [(1.0 if p > q else 0.5 if p == q else 0.0) for p in s[y == 1] for q in s[y == 0]]
   assert abs(auc(y, s) - np.mean(pairs)) < 1e-12
+
+
+REAL = dataclasses.replace(SMALL, preset="realistic", num_users=200, num_themes=6, items_per_theme=20, cats_per_theme=3,
+                           session_len=(1, 12), noise=0.1)
+
+
+def _user_themes(ev):
+  return [np.unique(ev.theme[ev.user == u]) for u in np.unique(ev.user)]
+
+
+def test_realistic_preset_structure():
+  """Every event a target; 2-5 interests per user; neighbouring themes share a category; a popular head per theme;
+  session lengths within the clip; noise items come from other themes; deterministic."""
+  ev, facts = generate(REAL)
+  again, _ = generate(REAL)
+  np.testing.assert_array_equal(ev.item, again.item)
+  assert ev.candidate.all()
+  n_int = np.array([len(t) for t in _user_themes(ev)])
+  assert n_int.min() >= 2 and n_int.max() <= 5 and len(np.unique(n_int)) >= 3
+  it = facts["item_theme"]
+  cat_themes = {c: set(it[1:][ev.item_cat[1:] == c]) for c in np.unique(ev.item_cat[1:])}
+  assert len(cat_themes) == 6 * 2  # K * (C - 1) categories
+  assert max(len(t) for t in cat_themes.values()) == 2  # a category spans two neighbouring themes at most
+  assert sum(len(t) == 2 for t in cat_themes.values()) >= 4
+  foreign = it[ev.item] != ev.theme
+  assert 0.06 < foreign.mean() < 0.14  # noise = 0.1
+  in_theme = ev.item[~foreign & (it[ev.item] == 0)]
+  counts = np.sort(np.bincount(in_theme, minlength=21)[1:])[::-1]
+  assert counts[:4].sum() > counts[-10:].sum()  # Zipf head
+  new = np.concatenate([[True], (ev.user[1:] != ev.user[:-1]) | (ev.time[1:] - ev.time[:-1] > 3000)])
+  lengths = np.diff(np.append(np.flatnonzero(new), len(ev.item)))
+  assert lengths.min() >= 1 and lengths.max() <= 12 and (lengths == 1).any()
+
+
+def test_no_hopping_control_gives_one_theme_per_user():
+  for cfg in (SMALL, REAL):
+    ev, _ = generate(dataclasses.replace(cfg, hopping=False))
+    assert all(len(t) == 1 for t in _user_themes(ev))
+
+
+@pytest.mark.parametrize("field, value, expected", [
+  ("preset", "nope", "one of"), ("interests", (3, 9), "within"), ("chain_prob", 1.5, "probability"),
+  ("cats_per_theme", 1, ">= 2 for the realistic"), ("session_len", (5, 2), "inclusive range")])
+def test_synthetic_config_errors_name_the_field(field, value, expected):
+  with pytest.raises(ValueError, match=f"SyntheticConfig.{field}=.*{expected}"):
+    generate(dataclasses.replace(REAL, **{field: value}))

@@ -313,3 +313,67 @@ def test_target_routing_weights_theme_experts_by_the_candidates_theme():
   np.testing.assert_allclose(out.metrics["target_router_entropy"], ent, rtol=1e-5)
   with pytest.raises(ValueError, match="target_routing"):
     build_model(dataclasses.replace(cfg, task="next"), rngs=nnx.Rngs(0))
+
+
+def test_router_inputs_last_item_and_attention_pooling():
+  """router_input: last = the most recent valid item of each session; attention = softmax(x . q) over the valid items
+  (a zero query gives the mean); padding sessions give zeros."""
+  x = np.random.default_rng(3).normal(size=(B, S, T, 8)).astype(np.float32)
+  mask = BATCH["items"] > 0
+  for kind in ("mean", "last", "attention"):
+    router = build_model(dataclasses.replace(BASE, router_input=kind), rngs=nnx.Rngs(0)).router
+    if kind == "attention":
+      np.testing.assert_allclose(router.summarize(x, mask), session_summary(x, mask), rtol=1e-6, atol=1e-6)
+      router.pool_query[...] = jnp.asarray(np.linspace(-1, 1, 8), jnp.float32)
+    got = np.asarray(router.summarize(x, mask))
+    for b in range(B):
+      for s in range(S):
+        valid = np.flatnonzero(mask[b, s])
+        if not len(valid):
+          np.testing.assert_array_equal(got[b, s], 0)
+          continue
+        xs = x[b, s, valid].astype(np.float64)
+        if kind == "mean":
+          want = xs.mean(0)
+        elif kind == "last":
+          want = xs[-1]
+        else:
+          z = xs @ np.linspace(-1, 1, 8)
+          want = (np.exp(z - z.max()) / np.exp(z - z.max()).sum()) @ xs
+        np.testing.assert_allclose(got[b, s], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("params", ["shared", "global"])
+def test_theme_params_shared_equals_separate_with_tied_weights(params):
+  """theme_params=shared|global runs one encoder over every theme's buffer: the same as K stacked (separate)
+  experts whose parameters are all copies of that encoder."""
+  cfg = dataclasses.replace(BASE, top_k=2, capacity_factor=0.75)
+  one = build_model(dataclasses.replace(cfg, theme_params=params), rngs=nnx.Rngs(0))
+  sep = build_model(cfg, rngs=nnx.Rngs(1))
+  state = nnx.to_pure_dict(nnx.state(one))
+  tied = state.pop("shared_theme_expert") if params == "shared" else state["global_expert"]
+  state["theme_experts"] = jax.tree.map(lambda v: jnp.broadcast_to(v, (K,) + jnp.shape(v)), tied)
+  sep_state = nnx.state(sep)
+  nnx.replace_by_pure_dict(sep_state, state)
+  nnx.update(sep, sep_state)
+  want, got = sep(BATCH, deterministic=True), one(BATCH, deterministic=True)
+  np.testing.assert_allclose(got.logits, want.logits, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(got.metrics["fusion_weights"], want.metrics["fusion_weights"], rtol=1e-5, atol=1e-6)
+  n = lambda m: sum(p.size for p in jax.tree.leaves(nnx.state(m, nnx.Param)))  # noqa: E731
+  assert n(one) < n(sep)
+  with pytest.raises(ValueError, match="theme_params"):
+    build_model(dataclasses.replace(cfg, theme_params="global", use_global_expert=False), rngs=nnx.Rngs(0))
+
+
+def test_router_entropy_weight_adds_the_mean_session_entropy_to_the_aux_loss():
+  base = build_model(BASE, rngs=nnx.Rngs(0))
+  ent = build_model(dataclasses.replace(BASE, router_entropy_weight=0.5), rngs=nnx.Rngs(0))
+  a, b = base(BATCH, deterministic=True), ent(BATCH, deterministic=True)
+  x, mask, _ = base.embedder.embed_batch(BATCH)
+  probs = np.asarray(jax.nn.softmax(base.router(session_summary(x, mask), jnp.any(mask, -1)), -1), np.float64)
+  real = np.asarray(jnp.any(mask, -1))
+  want = -(probs * np.log(probs)).sum(-1)[real].mean()
+  np.testing.assert_allclose(a.metrics["router_entropy"], want, rtol=1e-5)
+  np.testing.assert_allclose(b.aux_loss, a.aux_loss + 0.5 * want, rtol=1e-5)
+  with pytest.raises(ValueError, match="router_entropy_weight"):
+    build_model(dataclasses.replace(BASE, router_entropy_weight=-1.0), rngs=nnx.Rngs(0))

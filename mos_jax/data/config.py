@@ -61,7 +61,7 @@ class SyntheticConfig:
       a, b = getattr(self, field)
       if not lo <= a <= b:
         bad(field, f"an inclusive range (a, b) with {lo} <= a <= b")
-    if self.interests[1] > self.num_themes:
+    if self.preset == "realistic" and self.interests[1] > self.num_themes:
       bad("interests", f"a range within [1, num_themes={self.num_themes}]")
     for field in ("repeat_prob", "noise", "chain_prob"):
       if not 0 <= getattr(self, field) <= 1:

@@ -87,6 +87,7 @@ class ModelConfig:
   router: str = "linear"  # linear | prototype
   router_temperature: float = 1.0
   router_mlp: bool = False
+  router_input: str = "mean"  # session summary the router reads: mean | last (most recent item) | attention (pooled)
   dispatch: str = "einsum"  # einsum | gather
   route_by: str = "router"  # router | label (external session label in batch['session_theme'])
   # Reconstructed routing choices (docs/model.md):
@@ -97,6 +98,9 @@ class ModelConfig:
   use_theme_experts: bool = True
   use_global_expert: bool = True
   use_short_expert: bool = True
+  # Theme-expert parameters: separate (K stacked encoders) | shared (one encoder for every theme) | global (the
+  # global expert's encoder runs the theme subsequences too; needs use_global_expert).
+  theme_params: str = "separate"
   short_sessions: int = 2  # n: sessions seen by the short-term expert
   fusion: str = "gate"  # gate (learned, target-conditioned in CTR mode) | mean (masked average)
   # CTR only: the router also scores the candidate item, and log p(theme | target) is added to each theme expert's
@@ -107,6 +111,9 @@ class ModelConfig:
   # Auxiliary losses.
   balance_loss_weight: float = 0.01
   z_loss_weight: float = 0.001
+  # Mean per-session routing entropy (nats), weighted: with the batch-level balance loss this is the mutual-information
+  # clustering objective (confident per session, balanced over sessions); 0 = off.
+  router_entropy_weight: float = 0.0
   moe: MoEConfig = dataclasses.field(default_factory=MoEConfig)
   # Per-host settings; only the one named by `backbone` is used (SASRec / GRU4Rec options: docs/protocol.md).
   sasrec: SASRecConfig = dataclasses.field(default_factory=SASRecConfig)
@@ -133,6 +140,8 @@ class ModelConfig:
       "task": ("ctr", "next"),
       "dtype": tuple(_DTYPES),
       "router": ("linear", "prototype"),
+      "router_input": ("mean", "last", "attention"),
+      "theme_params": ("separate", "shared", "global"),
       "dispatch": ("einsum", "gather"),
       "route_by": ("router", "label"),
       "routing_priority": ("choice", "time"),
@@ -158,6 +167,8 @@ class ModelConfig:
       bad("top_k", self.top_k, f"1 or 2 and <= num_themes={self.num_themes}")
     if self.capacity_factor <= 0:
       bad("capacity_factor", self.capacity_factor, "> 0")
+    if self.router_entropy_weight < 0:
+      bad("router_entropy_weight", self.router_entropy_weight, ">= 0")
     if self.router_temperature <= 0:
       bad("router_temperature", self.router_temperature, "> 0")
     if not 0.0 <= self.dropout < 1.0:
@@ -175,6 +186,8 @@ class ModelConfig:
       self.gru4rec.validate()
     if self.target_routing and (self.task != "ctr" or not self.use_theme_experts or self.route_by != "router"):
       bad("target_routing", True, "False unless task='ctr', use_theme_experts=True and route_by='router'")
+    if self.theme_params == "global" and not self.use_global_expert:
+      bad("theme_params", "global", "separate or shared when use_global_expert=False (there is no global encoder)")
     if self.name == "mos" and not (self.use_theme_experts or self.use_global_expert or self.use_short_expert):
       bad("use_theme_experts", False, "at least one of use_theme_experts/use_global_expert/use_short_expert")
     return self

@@ -27,7 +27,7 @@ from mos_jax.models.embedding import Embedder
 from mos_jax.models.encoders import apply_stacked_encoders, build_encoder, build_stacked_encoders
 from mos_jax.models.heads import TaskHead
 from mos_jax.models.outputs import ModelOutput
-from mos_jax.models.router import NEG, Router, session_summary
+from mos_jax.models.router import NEG, Router
 
 
 class FusionGate(nnx.Module):
@@ -67,7 +67,8 @@ class MoS(nnx.Module):
   """Mixture of Sequence. ``model(batch, deterministic=...) -> ModelOutput`` (docs/interfaces.md).
 
   Expert order in the fusion (and in ``metrics['fusion_weights']``): global, short-term, theme 0..K-1, each present
-  only when switched on. Theme-expert parameters are stacked [K, ...] under ``theme_experts``.
+  only when switched on. Theme-expert parameters are stacked [K, ...] under ``theme_experts`` (``theme_params``:
+  one encoder ``shared_theme_expert`` for every theme, or the global expert's).
   """
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
@@ -78,6 +79,7 @@ class MoS(nnx.Module):
     self.priority, self.drop_policy = cfg.routing_priority, cfg.drop_policy
     self.target_routing = cfg.target_routing
     self.balance_weight, self.z_weight = cfg.balance_loss_weight, cfg.z_loss_weight
+    self.entropy_weight = cfg.router_entropy_weight
     self.batch_axis: str | None = None  # set by the pmap step (models.set_batch_axis): aux statistics are global
     self.short_sessions = min(cfg.short_sessions, s)
     self.capacity = routing.capacity(s, k, cfg.top_k if cfg.route_by == "router" else 1, cfg.capacity_factor,
@@ -86,8 +88,15 @@ class MoS(nnx.Module):
     self.global_expert = build_encoder(cfg, max_len=s * t, rngs=rngs) if cfg.use_global_expert else None
     self.short_expert = build_encoder(cfg, max_len=self.short_sessions * t, rngs=rngs) if cfg.use_short_expert else None
     self.router = Router(cfg, rngs=rngs) if cfg.use_theme_experts and cfg.route_by == "router" else None
+    self.theme_params = cfg.theme_params
+    theme, tp = cfg.use_theme_experts, cfg.theme_params
+    # stacked [K, ...] (theme_params=separate): the expert-parallel sharding splits modules of this name
     self.theme_experts = (build_stacked_encoders(cfg, num=k, max_len=self.capacity * t, rngs=rngs)
-                          if cfg.use_theme_experts else None)
+                          if theme and tp == "separate" else None)
+    # theme_params=shared: one unstacked encoder for every theme, replicated like the global expert
+    self.shared_theme_expert = (build_encoder(cfg, max_len=self.capacity * t, rngs=rngs)
+                                if theme and tp == "shared" else None)
+    self.use_theme_experts = cfg.use_theme_experts
     num_experts = int(cfg.use_global_expert) + int(cfg.use_short_expert) + (k if cfg.use_theme_experts else 0)
     self.fusion = FusionGate(cfg, num_experts=num_experts, in_dim=cfg.hidden_dim, rngs=rngs)
     self.head = TaskHead(cfg, in_dim=cfg.hidden_dim, rngs=rngs)
@@ -99,13 +108,14 @@ class MoS(nnx.Module):
     metrics: dict[str, jax.Array] = {}
     n_real = jnp.maximum(jnp.sum(smask), 1).astype(jnp.float32)
     if self.route_by == "router":
-      logits = self.router(session_summary(x, mask), smask)  # [B,S,K] f32
+      logits = self.router(self.router.summarize(x, mask), smask)  # [B,S,K] f32
       probs = jnp.where(smask[..., None], jax.nn.softmax(logits, axis=-1), 0.0)
       expert, gate, valid = routing.top_k_choice(probs, smask, self.top_k)
       bal = routing.balance_loss(probs, expert, smask, self.batch_axis)
       zl = routing.z_loss(logits, smask, self.batch_axis)
-      aux = self.balance_weight * bal + self.z_weight * zl
-      metrics.update(balance_loss=bal, z_loss=zl, router_entropy=routing.mean_entropy(probs, smask))
+      ent = routing.mean_entropy(probs, smask)
+      aux = self.balance_weight * bal + self.z_weight * zl + self.entropy_weight * ent
+      metrics.update(balance_loss=bal, z_loss=zl, router_entropy=ent)
     else:
       if "session_theme" not in batch:
         raise KeyError("ModelConfig.route_by='label' needs batch['session_theme'] (int32 [B,S], -1 = padding)")
@@ -141,7 +151,7 @@ class MoS(nnx.Module):
       outs.append(self.short_expert(x[:, -n:].reshape(b, n * t, d), mask[:, -n:].reshape(b, n * t), tgt,
                                     deterministic=deterministic)[:, None])
       avail.append(jnp.any(smask[:, -n:], axis=1, keepdims=True))
-    if self.theme_experts is not None:
+    if self.use_theme_experts:
       k, c = self.num_themes, self.capacity
       plan, aux, metrics = self.route(x, mask, batch)
       weights = routing.gate_weights(plan.gate, self.gate_scaling)
@@ -150,7 +160,12 @@ class MoS(nnx.Module):
       xs = jnp.swapaxes(buf.reshape(b, k, c * t, d), 0, 1)  # [K,B,C*T,D]: one batched call over themes
       ms = jnp.swapaxes(bmask.reshape(b, k, c * t), 0, 1)
       ts = None if tgt is None else jnp.broadcast_to(tgt[None], (k,) + tgt.shape)
-      h = apply_stacked_encoders(self.theme_experts, xs, ms, ts, deterministic=deterministic)  # [K,B,H]
+      if self.theme_params == "separate":
+        h = apply_stacked_encoders(self.theme_experts, xs, ms, ts, deterministic=deterministic)  # [K,B,H]
+      else:  # one encoder's weights for every theme: the K subsequences are K*B rows of one call
+        enc = self.shared_theme_expert if self.theme_params == "shared" else self.global_expert
+        h = enc(xs.reshape(k * b, c * t, d), ms.reshape(k * b, c * t),
+                None if ts is None else ts.reshape(k * b, -1), deterministic=deterministic).reshape(k, b, -1)
       outs.append(jnp.swapaxes(h, 0, 1))
       avail.append(jnp.any(bmask, axis=(2, 3)))
     hs = jnp.concatenate([o.astype(x.dtype) for o in outs], axis=1)  # [B,E,H]

@@ -17,23 +17,45 @@ def session_summary(x: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.sum(x.astype(jnp.float32) * m, axis=2) / jnp.maximum(jnp.sum(m, axis=2), 1.0)
 
 
+def last_item(x: jax.Array, mask: jax.Array) -> jax.Array:
+  """The session's most recent valid item: x[B,S,T,D], mask[B,S,T] -> float32 [B,S,D] (zeros for padding)."""
+  t = jnp.arange(mask.shape[-1])
+  last = jnp.max(jnp.where(mask, t, 0), axis=-1)  # [B,S]
+  out = jnp.take_along_axis(x.astype(jnp.float32), last[..., None, None], axis=2)[:, :, 0]
+  return jnp.where(jnp.any(mask, axis=-1)[..., None], out, 0.0)
+
+
 class Router(nnx.Module):
   """summaries[B,S,D], session_mask[B,S] -> logits f32[B,S,K] (padding sessions = NEG).
 
   ``linear``: a dense layer; ``prototype``: cosine similarity to K learned theme prototypes / temperature.
   ``router_mlp`` adds a residual GELU layer on the summaries first. Runs in float32 (routing decisions are discrete:
-  bfloat16 rounding would flip them).
+  bfloat16 rounding would flip them). ``summarize`` turns a session grid into the summaries (``cfg.router_input``).
   """
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     d, k = cfg.embed_dim, cfg.num_themes
     self.kind = cfg.router
     self.temperature = cfg.router_temperature
+    self.input = cfg.router_input
+    # attention pooling: one learned query scores the items of a session
+    self.pool_query = nnx.Param(jnp.zeros((d,), jnp.float32)) if cfg.router_input == "attention" else None
     self.mlp = nnx.Linear(d, d, rngs=rngs) if cfg.router_mlp else None
     if cfg.router == "linear":
       self.proj = nnx.Linear(d, k, rngs=rngs)
     else:
       self.prototypes = nnx.Param(jax.random.normal(rngs.params(), (k, d), jnp.float32))
+
+  def summarize(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+    """x[B,S,T,D], mask[B,S,T] -> float32 [B,S,D]: session mean | last item | attention pooling (zeros = padding)."""
+    if self.input == "mean":
+      return session_summary(x, mask)
+    if self.input == "last":
+      return last_item(x, mask)
+    xf = x.astype(jnp.float32)
+    scores = jnp.where(mask, jnp.einsum("bstd,d->bst", xf, self.pool_query[...]), NEG)
+    w = jnp.where(mask, jax.nn.softmax(scores, axis=-1), 0.0)  # zero query at init = the session mean
+    return jnp.einsum("bst,bstd->bsd", w, xf)
 
   def __call__(self, summaries: jax.Array, session_mask: jax.Array) -> jax.Array:
     s = summaries.astype(jnp.float32)
