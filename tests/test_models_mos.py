@@ -365,15 +365,18 @@ def test_theme_params_shared_equals_separate_with_tied_weights(params):
     build_model(dataclasses.replace(cfg, theme_params="global", use_global_expert=False), rngs=nnx.Rngs(0))
 
 
-def test_router_entropy_weight_adds_the_mean_session_entropy_to_the_aux_loss():
+def test_router_mi_weight_adds_the_mutual_information_loss():
+  """aux += w * (mean_s H(p_s) - H(mean_s p_s)) over the real sessions."""
   base = build_model(BASE, rngs=nnx.Rngs(0))
-  ent = build_model(dataclasses.replace(BASE, router_entropy_weight=0.5), rngs=nnx.Rngs(0))
-  a, b = base(BATCH, deterministic=True), ent(BATCH, deterministic=True)
+  mi = build_model(dataclasses.replace(BASE, router_mi_weight=0.5), rngs=nnx.Rngs(0))
+  a, b = base(BATCH, deterministic=True), mi(BATCH, deterministic=True)
   x, mask, _ = base.embedder.embed_batch(BATCH)
   probs = np.asarray(jax.nn.softmax(base.router(session_summary(x, mask), jnp.any(mask, -1)), -1), np.float64)
-  real = np.asarray(jnp.any(mask, -1))
-  want = -(probs * np.log(probs)).sum(-1)[real].mean()
-  np.testing.assert_allclose(a.metrics["router_entropy"], want, rtol=1e-5)
-  np.testing.assert_allclose(b.aux_loss, a.aux_loss + 0.5 * want, rtol=1e-5)
-  with pytest.raises(ValueError, match="router_entropy_weight"):
-    build_model(dataclasses.replace(BASE, router_entropy_weight=-1.0), rngs=nnx.Rngs(0))
+  p = probs[np.asarray(jnp.any(mask, -1))]
+  cond = -(p * np.log(p)).sum(-1).mean()
+  marg = -(p.mean(0) * np.log(p.mean(0))).sum()
+  np.testing.assert_allclose(a.metrics["router_entropy"], cond, rtol=1e-5)
+  np.testing.assert_allclose(b.metrics["mi_loss"], cond - marg, rtol=1e-5)
+  np.testing.assert_allclose(b.aux_loss, a.aux_loss + 0.5 * (cond - marg), rtol=1e-4, atol=1e-7)
+  with pytest.raises(ValueError, match="router_mi_weight"):
+    build_model(dataclasses.replace(BASE, router_mi_weight=-1.0), rngs=nnx.Rngs(0))

@@ -111,9 +111,9 @@ class ModelConfig:
   # Auxiliary losses.
   balance_loss_weight: float = 0.01
   z_loss_weight: float = 0.001
-  # Mean per-session routing entropy (nats), weighted: with the batch-level balance loss this is the mutual-information
-  # clustering objective (confident per session, balanced over sessions); 0 = off.
-  router_entropy_weight: float = 0.0
+  # Mutual-information clustering loss on the router, weighted: mean per-session routing entropy minus the entropy of
+  # the batch's mean routing distribution (confident for each session, every theme used); 0 = off.
+  router_mi_weight: float = 0.0
   moe: MoEConfig = dataclasses.field(default_factory=MoEConfig)
   # Per-host settings; only the one named by `backbone` is used (SASRec / GRU4Rec options: docs/protocol.md).
   sasrec: SASRecConfig = dataclasses.field(default_factory=SASRecConfig)
@@ -167,8 +167,8 @@ class ModelConfig:
       bad("top_k", self.top_k, f"1 or 2 and <= num_themes={self.num_themes}")
     if self.capacity_factor <= 0:
       bad("capacity_factor", self.capacity_factor, "> 0")
-    if self.router_entropy_weight < 0:
-      bad("router_entropy_weight", self.router_entropy_weight, ">= 0")
+    if self.router_mi_weight < 0:
+      bad("router_mi_weight", self.router_mi_weight, ">= 0")
     if self.router_temperature <= 0:
       bad("router_temperature", self.router_temperature, "> 0")
     if not 0.0 <= self.dropout < 1.0:

@@ -79,7 +79,7 @@ class MoS(nnx.Module):
     self.priority, self.drop_policy = cfg.routing_priority, cfg.drop_policy
     self.target_routing = cfg.target_routing
     self.balance_weight, self.z_weight = cfg.balance_loss_weight, cfg.z_loss_weight
-    self.entropy_weight = cfg.router_entropy_weight
+    self.mi_weight = cfg.router_mi_weight
     self.batch_axis: str | None = None  # set by the pmap step (models.set_batch_axis): aux statistics are global
     self.short_sessions = min(cfg.short_sessions, s)
     self.capacity = routing.capacity(s, k, cfg.top_k if cfg.route_by == "router" else 1, cfg.capacity_factor,
@@ -114,7 +114,11 @@ class MoS(nnx.Module):
       bal = routing.balance_loss(probs, expert, smask, self.batch_axis)
       zl = routing.z_loss(logits, smask, self.batch_axis)
       ent = routing.mean_entropy(probs, smask)
-      aux = self.balance_weight * bal + self.z_weight * zl + self.entropy_weight * ent
+      aux = self.balance_weight * bal + self.z_weight * zl
+      if self.mi_weight:
+        mi_loss = ent - routing.marginal_entropy(probs, smask, self.batch_axis)
+        aux = aux + self.mi_weight * mi_loss
+        metrics["mi_loss"] = mi_loss
       metrics.update(balance_loss=bal, z_loss=zl, router_entropy=ent)
     else:
       if "session_theme" not in batch:

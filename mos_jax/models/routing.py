@@ -156,6 +156,17 @@ def mean_entropy(probs: jax.Array, valid: jax.Array) -> jax.Array:
   return jnp.sum(v * ent) / jnp.maximum(jnp.sum(v), 1.0)
 
 
+def marginal_entropy(probs: jax.Array, valid: jax.Array, axis_name: str | None = None) -> jax.Array:
+  """Entropy (nats) of the mean routing distribution over the valid rows of ``probs`` [..., K] (of the global batch
+  under ``axis_name``): log K when every theme gets the same share, 0 when one theme gets everything."""
+  v = valid.astype(jnp.float32)[..., None]
+  total, count = jnp.sum(v * probs, axis=tuple(range(probs.ndim - 1))), jnp.sum(v)
+  if axis_name is not None:
+    total, count = jax.lax.psum(total, axis_name), jax.lax.psum(count, axis_name)
+  p = total / jnp.maximum(count, 1.0)
+  return -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
+
+
 def z_loss(logits: jax.Array, session_mask: jax.Array, axis_name: str | None = None) -> jax.Array:
   """Router z-loss: mean over valid sessions (of the global batch under ``axis_name``) of logsumexp(logits)^2."""
   m = session_mask.astype(jnp.float32)
