@@ -74,8 +74,8 @@ def jax_model(cfg: ModelConfig, seed: int = 0) -> nnx.Module:
     model = build_model(cfg, rngs=nnx.Rngs(seed))
     _, params, _ = nnx.split(model, nnx.Param, ...)
     rng = np.random.default_rng(seed + 1)
-    nnx.update(model, jax.tree.map(lambda p: jnp.asarray(np.asarray(p) + 0.2 * rng.standard_normal(p.shape, np.float32)),
-                                   params))
+    noise = lambda p: jnp.asarray(np.asarray(p) + 0.2 * rng.standard_normal(p.shape, np.float32))  # noqa: E731
+    nnx.update(model, jax.tree.map(noise, params))
     _MODELS[key] = model
   return _MODELS[key]
 
