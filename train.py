@@ -1,42 +1,11 @@
 """Trains a model: ``python train.py [--config=configs/default.py] [--config.FIELD=VALUE ...] [--workdir=DIR]``.
 
-Re-running the same command resumes from ``WORKDIR/checkpoints/latest`` and continues exactly where it stopped.
-SIGTERM / Ctrl-C save a checkpoint and exit with status 128 + signal number. See docs/training.md.
+A thin wrapper around ``mos_jax.cli.train`` (also installed as ``mos-train``); see there and docs/training.md.
 """
 
-from __future__ import annotations
-
-import os
-import signal
 import sys
 
-
-def main(argv: list[str]) -> int:
-  if any(a in ("-h", "--help") for a in argv):
-    print(__doc__)
-    return 0
-  cache = os.environ.get("MOS_JAX_COMPILATION_CACHE", os.path.expanduser("~/.cache/mos_jax/jax_cache"))
-  import jax  # noqa: PLC0415  (after parsing --help)
-
-  jax.config.update("jax_compilation_cache_dir", cache)
-
-  from mos_jax.config import ConfigError, parse_command_line  # noqa: PLC0415
-  from mos_jax.data import DataError  # noqa: PLC0415
-  from mos_jax.training.checkpoint import CheckpointError  # noqa: PLC0415
-  from mos_jax.training.loop import train  # noqa: PLC0415
-
-  try:
-    cfg = parse_command_line(argv)
-    result = train(cfg)
-  except (ConfigError, CheckpointError, DataError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  print(f"{result.status} at step {result.step}/{result.total_steps}; best {result.metric} = "
-        f"{result.best_metric} at step {result.best_step}; workdir {cfg.workdir}")
-  if result.status == "interrupted":
-    return 128 + int(result.stop_signal or signal.SIGTERM)
-  return 0
-
+from mos_jax.cli.train import main
 
 if __name__ == "__main__":
   sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,142 @@
+"""Evaluates a trained run: ``python eval.py --workdir=WORKDIR [--split=test] [--checkpoint=best|latest] [--rules]``.
+
+``mos-eval`` (installed with the package) takes the same flags.
+
+Restores the best checkpoint (by validation metric; the latest one if no validation ran) together with the config it
+was trained with, evaluates the split, prints tables and writes ``WORKDIR/eval_<split>.json`` (atomically).
+CTR: logloss, AUC, GAUC. Next-item: HR@K, NDCG@K (K = 5, 10, 20, 50) and MRR over the full item set.
+Metrics are reported on all rows and per slice (session start / within session, history length, categories;
+docs/metrics.md). ``--rules`` adds the trivial rules of ``mos_jax.evaluation.rules`` scored on the same rows.
+
+JSON: ``{"split", "checkpoint", "step", "model", "dataset", "task", "metrics": {all rows}, "slices": {slice: metrics},
+"rules": {rule: {slice: metrics}}}`` ("rules" only with ``--rules``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--workdir", required=True, help="the run's work directory (holds checkpoints/)")
+  p.add_argument("--split", default="test", choices=("train", "valid", "test"))
+  p.add_argument("--checkpoint", default="best", choices=("best", "latest"))
+  p.add_argument("--batch_size", type=int, default=0, help="evaluation batch size (0 = the run's eval_batch_size)")
+  p.add_argument("--rules", action="store_true", help="also score the trivial rules on the same rows, per slice")
+  return p
+
+
+# Columns of the compact tables: the metrics a reader compares first.
+SLICE_COLUMNS = {"ctr": ("auc", "gauc"), "next": ("ndcg@10", "hr@10", "mrr")}
+RULE_SLICES = {"all": "all", "session_start": "start", "within_session": "within"}  # slice -> column label
+
+
+def format_table(metrics: dict, title: str) -> str:
+  rows = [(k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in metrics.items()]
+  width = max(len(k) for k, _ in rows)
+  vwidth = max(len(v) for _, v in rows)
+  line = "-" * (width + vwidth + 3)
+  return "\n".join([title, line] + [f"{k:<{width}} | {v:>{vwidth}}" for k, v in rows] + [line])
+
+
+def _grid(title: str, header: list[str], rows: list[list[str]], footer: str = "") -> str:
+  cells = [header] + rows
+  widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+  fmt = lambda r: " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+  line = "-" * len(fmt(header))
+  return "\n".join([title, line, fmt(header), line] + [fmt(r) for r in rows] + [line] + ([footer] if footer else []))
+
+
+def _num(v) -> str:
+  return "-" if v is None else f"{v:.4f}"
+
+
+def format_slice_table(slices: dict[str, dict], task: str, title: str) -> str:
+  """Rows = slices, columns = number of rows and the main metrics."""
+  cols = SLICE_COLUMNS[task]
+  rows = [[name, str(m["num_examples"])] + [_num(m.get(c)) for c in cols] for name, m in slices.items()]
+  return _grid(title, ["slice", "rows", *cols], rows)
+
+
+def format_rule_table(model_name: str, slices: dict[str, dict], rules: dict[str, dict[str, dict]], task: str,
+                      title: str) -> str:
+  """Rows = the model, then each rule; columns = each main metric on all rows and on the session slices.
+
+  The best rule of each column is marked with ``*`` (higher is better for every column).
+  """
+  names = [s for s in RULE_SLICES if s in slices]
+  cols = [(metric, name) for metric in SLICE_COLUMNS[task][:2] for name in names]
+  values = {"model: " + model_name: slices}
+  values.update({"rule: " + r: v for r, v in rules.items()})
+  best = {}
+  for col in cols:
+    scores = {r: v.get(col[1], {}).get(col[0]) for r, v in rules.items()}
+    scores = {r: x for r, x in scores.items() if x is not None and x == x}  # x == x drops NaN
+    best[col] = max(scores, key=scores.get) if scores else None
+  rows = []
+  for label, per_slice in values.items():
+    rule = label[len("rule: "):] if label.startswith("rule: ") else None
+    rows.append([label] + [_num(per_slice.get(name, {}).get(metric)) + ("*" if rule and best[(metric, name)] == rule
+                                                                          else " ") for metric, name in cols])
+  return _grid(title, ["", *[f"{m} {RULE_SLICES[n]}" for m, n in cols]], rows,
+               footer="* best rule in the column; start / within: targets that open a new session / inside one")
+
+
+def rule_slices(dataset, split: str, task: str, arrays: dict, masks: dict) -> dict[str, dict[str, dict]]:
+  """``{rule: {slice: metrics}}`` of ``mos_jax.evaluation.rules.rule_outputs`` on the same rows."""
+  from mos_jax.evaluation.rules import rule_outputs  # noqa: PLC0415
+  from mos_jax.evaluation.slices import slice_metrics  # noqa: PLC0415
+
+  # A rule's CTR score is an order, not a logit, so it gets no logloss.
+  return {name: slice_metrics(arrays, out, task=task, masks=masks, with_logloss=False)
+          for name, out in rule_outputs(dataset, split, task, arrays=arrays).items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+  import jax  # noqa: PLC0415
+
+  jax.config.update("jax_compilation_cache_dir",
+                    os.environ.get("MOS_JAX_COMPILATION_CACHE", os.path.expanduser("~/.cache/mos_jax/jax_cache")))
+  from mos_jax import config as config_lib  # noqa: PLC0415
+  from mos_jax.data import DataError  # noqa: PLC0415
+  from mos_jax.training import checkpoint as ckpt_lib  # noqa: PLC0415
+  from mos_jax.evaluation.slices import slice_masks, slice_metrics  # noqa: PLC0415
+  from mos_jax.training.loop import predict_split, write_json_atomic  # noqa: PLC0415
+  from mos_jax.training.restore import restore_run  # noqa: PLC0415
+
+  workdir = pathlib.Path(args.workdir).expanduser()
+  try:
+    cfg, run, executor, step, kind = restore_run(workdir, args.checkpoint, eval_batch_size=args.batch_size,
+                                                 note=print)
+    arrays = run.dataset.split(args.split, cfg.data.task, seed=cfg.data.seed)  # train: the run's epoch-0 negatives
+    outputs = predict_split(executor, arrays, cfg)
+    masks = slice_masks(arrays)
+    slices = slice_metrics(arrays, outputs, task=cfg.data.task, masks=masks)
+    rules = rule_slices(run.dataset, args.split, cfg.data.task, arrays, masks) if args.rules else None
+  except (ckpt_lib.CheckpointError, config_lib.ConfigError, DataError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  title = f"{cfg.model.name} ({cfg.model.backbone}) on {cfg.data.dataset}/{cfg.data.task}, {args.split} split, " \
+          f"{kind} checkpoint (step {step})"
+  metrics = slices["all"]
+  print(format_table(metrics, title))
+  print(format_slice_table(slices, cfg.data.task, f"per slice ({args.split} split)"))
+  report = {"split": args.split, "checkpoint": kind, "step": step, "model": cfg.model.name,
+            "dataset": cfg.data.dataset, "task": cfg.data.task, "metrics": metrics, "slices": slices}
+  if rules is not None:
+    print(format_rule_table(cfg.model.name, slices, rules, cfg.data.task, f"model vs trivial rules ({args.split} split, "
+                                                                          f"same rows)"))
+    report["rules"] = rules
+  out = workdir / f"eval_{args.split}.json"
+  write_json_atomic(out, report)
+  print(f"wrote {out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,53 @@
+"""Trains a model: ``python train.py [--config=configs/default.py] [--config.FIELD=VALUE ...] [--workdir=DIR]``.
+
+``mos-train`` (installed with the package) takes the same flags.
+
+Re-running the same command resumes from ``WORKDIR/checkpoints/latest`` and continues exactly where it stopped.
+SIGTERM / Ctrl-C save a checkpoint and exit with status 128 + signal number. See docs/training.md.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import sys
+
+
+def default_config() -> pathlib.Path:
+  """configs/default.py of the checkout; from an installed package (no configs/ beside it), the working directory's."""
+  from mos_jax.config import DEFAULT_CONFIG  # noqa: PLC0415
+
+  return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else pathlib.Path("configs") / "default.py"
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  if any(a in ("-h", "--help") for a in argv):
+    print(__doc__)
+    return 0
+  cache = os.environ.get("MOS_JAX_COMPILATION_CACHE", os.path.expanduser("~/.cache/mos_jax/jax_cache"))
+  import jax  # noqa: PLC0415  (after parsing --help)
+
+  jax.config.update("jax_compilation_cache_dir", cache)
+
+  from mos_jax.config import ConfigError, parse_command_line  # noqa: PLC0415
+  from mos_jax.data import DataError  # noqa: PLC0415
+  from mos_jax.training.checkpoint import CheckpointError  # noqa: PLC0415
+  from mos_jax.training.loop import train  # noqa: PLC0415
+
+  try:
+    cfg = parse_command_line(argv, default_config=default_config())
+    result = train(cfg)
+  except (ConfigError, CheckpointError, DataError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(f"{result.status} at step {result.step}/{result.total_steps}; best {result.metric} = "
+        f"{result.best_metric} at step {result.best_step}; workdir {cfg.workdir}")
+  if result.status == "interrupted":
+    return 128 + int(result.stop_signal or signal.SIGTERM)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
