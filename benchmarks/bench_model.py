@@ -3,6 +3,7 @@
 Not a test: a script for comparing MoS with the plain backbone and the MoE baselines at one stated size.
 
   python benchmarks/bench_model.py                                   # small CPU size, all models
+  python benchmarks/bench_model.py --models=backbone --variant mos_k8=num_themes=8,target_routing=true
   python benchmarks/bench_model.py --batch=1024 --sessions=32 --session_len=16 --dim=128 --themes=8 \
       --dtype=bfloat16 --steps=20 --json=/tmp/bench.json             # accelerator size
 
@@ -58,7 +59,37 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--steps", type=int, default=5, help="timed calls per function")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--json", default="", help="write the results here (written to a temp file, then renamed)")
+  p.add_argument("--variant", action="append", default=[],
+                 help="extra row NAME=FIELD=VALUE[,FIELD=VALUE...] of ModelConfig overrides on top of the model "
+                      "named by its 'name' field (default mos), e.g. mos_k8=num_themes=8,target_routing=true")
   return p.parse_args(argv)
+
+
+def _value(text: str) -> Any:
+  """A config value from the command line: bool, int, float, else the string itself."""
+  if text.lower() in ("true", "false"):
+    return text.lower() == "true"
+  for kind in (int, float):
+    try:
+      return kind(text)
+    except ValueError:
+      pass
+  return text
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+  """``NAME=FIELD=VALUE,FIELD=VALUE`` -> (NAME, {FIELD: VALUE}); fields must be ModelConfig fields."""
+  name, sep, rest = text.partition("=")
+  fields = {f.name for f in dataclasses.fields(ModelConfig)}
+  overrides = {}
+  for item in filter(None, rest.split(",")):
+    key, eq, val = item.partition("=")
+    if not eq or key not in fields:
+      raise SystemExit(f"--variant {text!r}: {item!r} is not FIELD=VALUE with FIELD a ModelConfig field")
+    overrides[key] = _value(val)
+  if not sep or not name:
+    raise SystemExit(f"--variant {text!r}: expected NAME=FIELD=VALUE[,FIELD=VALUE...]")
+  return name, overrides
 
 
 def model_config(name: str, a: argparse.Namespace) -> ModelConfig:
@@ -144,8 +175,10 @@ def _peak_bytes() -> int | None:
   return stats.get("peak_bytes_in_use")
 
 
-def bench_one(name: str, a: argparse.Namespace, batch: dict[str, jax.Array]) -> dict[str, Any]:
-  cfg = model_config(name, a)
+def bench_one(name: str, a: argparse.Namespace, batch: dict[str, jax.Array],
+              overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+  overrides = dict(overrides or {})
+  cfg = dataclasses.replace(model_config(overrides.pop("name", "mos" if overrides else name), a), **overrides)
   model = build_model(cfg, rngs=nnx.Rngs(a.seed))
   forward, train_step, params, rest, opt_state = make_functions(model, a.task)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
@@ -225,9 +258,9 @@ def main(argv=None) -> None:
         f"{jax.__version__}; B={a.batch} S={a.sessions} T={a.session_len} D={a.dim} K={a.themes} "
         f"task={a.task} dtype={a.dtype}")
   rows = []
-  for name in names:
+  for name, overrides in [(n, None) for n in names] + [parse_variant(v) for v in a.variant]:
     try:
-      rows.append(bench_one(name, a, batch))
+      rows.append(dict(bench_one(name, a, batch, overrides), model=name))
     except Exception as e:  # noqa: BLE001  (one broken model must not hide the others' numbers)
       rows.append({"model": name, "error": f"{type(e).__name__}: {e}"[:300]})
   print_table(rows)
