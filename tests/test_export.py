@@ -22,6 +22,7 @@ from mos_jax.training.restore import restore_run
 REPO = pathlib.Path(__file__).resolve().parents[1]
 S, T = 4, 4
 SIZES = (1, 7, 64)
+BACKEND = jax.default_backend()  # export for the device the tests run on (cpu here, cuda in benchmarks/gpu_suite.sh)
 
 
 def tiny_config(workdir: pathlib.Path, cache: pathlib.Path, name: str, task: str) -> config_lib.Config:
@@ -85,7 +86,7 @@ json.dump({"errors": errors, "heavy": heavy, "mine": mine, "inputs": list(model.
 
 
 def test_export_cli_and_fresh_process_serving_match_eval(mos_ctr, tmp_path):
-  assert export_lib.main([f"--workdir={mos_ctr}", "--checkpoint=best", "--platforms=cpu"]) == 0
+  assert export_lib.main([f"--workdir={mos_ctr}", "--checkpoint=best", f"--platforms={BACKEND}"]) == 0
   out = mos_ctr / "export"
   assert sorted(p.name for p in out.iterdir()) == ["model.jaxexport", "params.npz", "signature.json"]
   assert not [p for p in mos_ctr.iterdir() if p.name.startswith(".export")]  # temp folder renamed, nothing left
@@ -97,7 +98,7 @@ def test_export_cli_and_fresh_process_serving_match_eval(mos_ctr, tmp_path):
                            {"name": "target_cat", "dtype": "int32", "shape": ["b"]}]
   assert sig["output"] == {"name": "prob", "dtype": "float32", "shape": ["b"]}
   assert sig["checkpoint"]["kind"] == "best" and sig["checkpoint"]["step"] == 2
-  assert sig["model"]["name"] == "mos" and sig["platforms"] == ["cpu"]
+  assert sig["model"]["name"] == "mos" and sig["platforms"] == [BACKEND]
   with np.load(out / "params.npz") as npz:
     assert sorted(npz.files) == sorted(p["name"] for p in sig["params"])
     assert "embedder/item/embedding" in npz.files
@@ -111,7 +112,7 @@ def test_export_cli_and_fresh_process_serving_match_eval(mos_ctr, tmp_path):
   feed = {f"b{n}/{k}": arrays[k][order[:n]] for n in SIZES for k in arrays}  # every eval key; extras are ignored
 
   np.savez(tmp_path / "batches.npz", **feed)
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  env = dict(os.environ, JAX_PLATFORMS=BACKEND, PYTHONPATH=str(REPO))
   subprocess.run([sys.executable, "-c", SERVE_SCRIPT, str(out), str(tmp_path / "batches.npz"),
                   str(tmp_path / "probs.npz"), str(tmp_path / "report.json")], check=True, env=env, cwd=tmp_path)
   report = json.loads((tmp_path / "report.json").read_text())
@@ -132,7 +133,7 @@ def test_gshard_next_item_exports_with_symbolic_batch(tmp_path_factory, cache, t
   from mos_jax import serving  # noqa: PLC0415
 
   workdir = _trained(tmp_path_factory, cache, "gshard", "next")
-  out = export_lib.export_run(workdir, "best", out=tmp_path / "exp", platforms=("cpu",), note=None)
+  out = export_lib.export_run(workdir, "best", out=tmp_path / "exp", platforms=(BACKEND,), note=None)
   model = serving.load(out)
   assert model.task == "next" and model.signature["output"]["name"] == "scores"
   cfg, run, executor, _, _ = restore_run(workdir, "best", note=None)
