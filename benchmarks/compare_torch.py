@@ -262,11 +262,14 @@ def run_torch(spec: dict[str, Any]) -> dict[str, Any]:
   if dev.type == "cuda":
     torch.set_float32_matmul_precision("high")  # TF32, as JAX's default float32 matmul precision on GPUs
   torch.manual_seed(spec["seed"])
+  if dev.type == "cpu" and spec.get("cpu_threads", 0) > 0:
+    torch.set_num_threads(spec["cpu_threads"])
   cfg = model_config(case, common, "float32")  # parameters float32; bf16 modes autocast
   model = ref.build_model(cfg).to(dev)
   amp = MODES[mode]["dtype"] == "bfloat16"
   compiled = mode.startswith("torch-compile")
-  out: dict[str, Any] = dict(device_kind=torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor(),
+  kind = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor()
+  out: dict[str, Any] = dict(device_kind=kind,
                              backend=dev.type, versions={"torch": torch.__version__})
   fwd = model
   if compiled:
@@ -347,6 +350,8 @@ def _train_config():
 
 def worker_main(spec_path: str, result_path: str) -> int:
   spec = json.loads(pathlib.Path(spec_path).read_text())
+  if spec["device"] == "cpu" and spec.get("cpu_threads", 0) > 0:  # before jax / torch start their thread pools
+    os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:spec["cpu_threads"]]))
   try:
     res = run_jax(spec) if MODES[spec["mode"]]["framework"] == "jax" else run_torch(spec)
   except Exception as e:  # noqa: BLE001  (reported in the row, the other rows go on)
@@ -369,6 +374,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--latency_calls", type=int, default=200, help="calls per latency measurement (>= 200)")
   p.add_argument("--torch_compile", default="auto", choices=("auto", "on", "off"),
                  help="auto: on, except on CPU with --quick (inductor's C++ build takes minutes on 2 cores)")
+  p.add_argument("--cpu_threads", type=int, default=0,
+                 help="CPU only: pin every row process to this many cores (affinity, OMP_NUM_THREADS, "
+                      "torch.set_num_threads); 0 = each framework's default. On a shared machine, 1 avoids "
+                      "PyTorch's OpenMP spin-waiting against other processes")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--timeout", type=int, default=900, help="seconds per row process")
   p.add_argument("--out", default="", help="output folder (default benchmarks/results/compare_torch_<device>[_quick])")
@@ -386,25 +395,27 @@ def parse_args(argv=None) -> argparse.Namespace:
   return a
 
 
-def _worker_env(device: str) -> dict[str, str]:
+def _worker_env(device: str, cpu_threads: int = 0) -> dict[str, str]:
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
   env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # the allocator peak then is what the row used
   if device == "cpu":
     env["JAX_PLATFORMS"] = "cpu"
     env["CUDA_VISIBLE_DEVICES"] = ""
+    if cpu_threads > 0:
+      env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(cpu_threads)
   env.pop("XLA_FLAGS", None)  # one device, whatever the caller's test setup forced
   return env
 
 
 def run_row(a: argparse.Namespace, case_name: str, case: dict, common: dict, mode: str, tmp: pathlib.Path) -> dict:
-  spec = dict(case=case, common=common, mode=mode, device=a.device, seed=a.seed, steps=a.steps, warmup=a.warmup,
-              latency_calls=a.latency_calls)
+  spec = dict(case=case, common=common, mode=mode, device=a.device, cpu_threads=a.cpu_threads, seed=a.seed,
+              steps=a.steps, warmup=a.warmup, latency_calls=a.latency_calls)
   spec_path, res_path = tmp / f"{case_name}.{mode}.spec.json", tmp / f"{case_name}.{mode}.result.json"
   spec_path.write_text(json.dumps(spec))
   t0 = time.perf_counter()
   try:
-    proc = subprocess.run([sys.executable, __file__, "--worker", str(spec_path), str(res_path)], env=_worker_env(a.device),
-                          capture_output=True, text=True, timeout=a.timeout)
+    proc = subprocess.run([sys.executable, __file__, "--worker", str(spec_path), str(res_path)],
+                          env=_worker_env(a.device, a.cpu_threads), capture_output=True, text=True, timeout=a.timeout)
     res = json.loads(res_path.read_text()) if res_path.exists() else dict(
         error=f"worker exited {proc.returncode}: {proc.stderr.strip().splitlines()[-1:] or ''}")
   except subprocess.TimeoutExpired:
@@ -468,7 +479,9 @@ def _pct(x) -> str:
 def markdown(report: dict) -> str:
   m = report["machine"]
   lines = [f"# JAX vs PyTorch ({'quick, tiny shapes' if report['quick'] else 'full shapes'}, {report['device']})", "",
-           f"Machine: {m['device_kind']} ({m['backend']}), {m['cpus']} CPU cores, Python {m['python']}; "
+           f"Machine: {m['device_kind']} ({m['backend']}), {m['cpus']} CPU cores"
+           f"{' (rows pinned to ' + str(m['cpu_threads']) + ')' if m.get('cpu_threads') else ''}, "
+           f"Python {m['python']}; "
            f"{', '.join(f'{k} {v}' for k, v in report['versions'].items())}.", "",
            f"Command: `{report['command']}`", "",
            f"Peak used for MFU / roofline ({report['peak_key']}): float32 {_fmt(report['peaks'].get('float32'))} "
@@ -497,7 +510,8 @@ def markdown(report: dict) -> str:
                                 "process peak RSS (host memory, compilation included; one process per row)."), ""]
   lat = [(r, b, v) for r in report["rows"] for b, v in (r.get("latency") or {}).items()]
   if lat:
-    lines += ["## Inference latency (inputs on the device)", "", "| case | L | mode | batch | p50 ms | p99 ms | calls |",
+    lines += ["## Inference latency (inputs on the device)", "",
+              "| case | L | mode | batch | p50 ms | p99 ms | calls |",
               "|---|---|---|---|---|---|---|"]
     for r, b, v in lat:
       c = cases[r["case"]]
@@ -554,7 +568,7 @@ def main(argv=None) -> int:
   kinds = {r["device_kind"]: r["backend"] for r in measured if r["framework"] == "jax"}
   device_kind, backend = next(iter(kinds.items())) if kinds else (platform.processor() or "cpu", a.device)
   key = peak_key(device_kind, backend)
-  peaks = cpu_peak() if key == "cpu" else PEAKS.get(key, {})
+  peaks = cpu_peak(a.cpu_threads or None) if key == "cpu" else PEAKS.get(key, {})
   if key == "cpu":
     names = re.findall(r"^model name\s*:\s*(.*)$", pathlib.Path("/proc/cpuinfo").read_text(), re.M) \
         if pathlib.Path("/proc/cpuinfo").exists() else []
@@ -566,9 +580,11 @@ def main(argv=None) -> int:
   report = dict(device=a.device, quick=a.quick, command="python benchmarks/compare_torch.py " + " ".join(
                     sys.argv[1:] if argv is None else argv),
                 machine=dict(device_kind=device_kind, backend=backend, cpus=os.cpu_count(),
-                             python=platform.python_version(), platform=platform.platform()),
+                             cpu_threads=a.cpu_threads, python=platform.python_version(),
+                             platform=platform.platform()),
                 backend=backend, versions=versions, peak_key=key, peaks=peaks, cases=cases, common=common,
-                protocol=dict(steps=a.steps, warmup=a.warmup, latency_calls=a.latency_calls, seed=a.seed),
+                protocol=dict(steps=a.steps, warmup=a.warmup, latency_calls=a.latency_calls, seed=a.seed,
+                              cpu_threads=a.cpu_threads),
                 rows=rows, speedups=speedups(measured))
   _write_atomic(out / "compare_torch.json", json.dumps(report, indent=2, default=str) + "\n")
   md = markdown(report)

@@ -78,7 +78,7 @@ class _Recorder(dict):
 
 
 def _leaf_name(path: tuple) -> str:
-  """``('embedder', 'item', 'embedding', .value)`` -> ``embedder/item/embedding`` (the Variable's ``.value`` dropped)."""
+  """Path ``('embedder', 'item', 'embedding', .value)`` -> ``embedder/item/embedding`` (``.value`` dropped)."""
   parts = []
   for k in path:
     if isinstance(k, jax.tree_util.GetAttrKey) and k.name == "value":

@@ -22,7 +22,8 @@ def rows():
   jax_row = dict(case="c", mode="jax-jit-f32", framework="jax", dtype="float32", device_kind="cpu", backend="cpu",
                  train=dict(median_s=0.01, examples_per_s=1600.0), infer=dict(median_s=0.002, examples_per_s=8000.0),
                  train_xla=dict(flops=1.0, bytes=2e6), infer_xla=dict(flops=1.0, bytes=5e4),
-                 latency={"b1": dict(p50_ms=1.0, p99_ms=2.0, calls=200)}, peak_memory=dict(bytes=2**20, kind="host RSS"))
+                 latency={"b1": dict(p50_ms=1.0, p99_ms=2.0, calls=200)},
+                 peak_memory=dict(bytes=2**20, kind="host RSS"))
   torch_row = dict(case="c", mode="torch-eager-f32", framework="torch", dtype="float32",
                    train=dict(median_s=0.04, examples_per_s=400.0), infer=dict(median_s=0.004, examples_per_s=4000.0))
   return [jax_row, torch_row]

@@ -70,7 +70,8 @@ out = {f"b{n}": model({k[len(f"b{n}/"):]: batches[k] for k in batches.files if k
 np.savez(sys.argv[3], **out)
 good = {k[len("b7/"):]: batches[k] for k in batches.files if k.startswith("b7/")}
 errors = {}
-bad = {"S": dict(good, items=good["items"][:, :-1]), "T": dict(good, cats=np.pad(good["cats"], ((0, 0), (0, 0), (0, 1)))),
+bad = {"S": dict(good, items=good["items"][:, :-1]),
+       "T": dict(good, cats=np.pad(good["cats"], ((0, 0), (0, 0), (0, 1)))),
        "missing": {k: v for k, v in good.items() if k != "target_item"},
        "float_ids": dict(good, items=good["items"].astype(np.float32))}
 for name, b in bad.items():
