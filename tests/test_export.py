@@ -159,3 +159,10 @@ def test_forward_pass_needing_a_concrete_batch_is_refused():
   spec = export_lib.batch_spec(S, T, b, ("items",))
   with pytest.raises(export_lib.ExportError, match=r"model 'x' cannot be exported with a symbolic batch dimension"):
     export_lib.export_symbolic(serve, [np.float32(1.0)], spec, platforms=("cpu",), what="model 'x'")
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+  assert export_lib.main([f"--workdir={tmp_path / 'nope'}"]) == 2
+  assert f"--workdir={tmp_path / 'nope'}: no such directory" in capsys.readouterr().err
+  assert export_lib.main([f"--workdir={tmp_path}", "--platforms=,"]) == 2
+  assert "--platforms: expected at least one of cpu, cuda, rocm, tpu" in capsys.readouterr().err
