@@ -41,6 +41,9 @@ class TrainConfig:
   checkpoint_every: int = 500  # steps (0 = none on the way); also written at the end and on SIGTERM/SIGINT
   keep: int = 2  # latest checkpoints kept (the best one is kept separately)
   async_checkpoints: bool = True
+  # A resume whose schedule or optimizer fields (checkpoint.SCHEDULE_FIELDS) differ from the checkpoint's is refused
+  # unless this is true; the run then continues on the new schedule from the restored step and optimizer state.
+  allow_schedule_change: bool = False
   # Logging.
   log_every: int = 50  # steps between metrics.jsonl / TensorBoard records
   progress_bar: bool = True  # shown only when stderr is a terminal

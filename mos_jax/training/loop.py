@@ -127,6 +127,7 @@ def train(cfg: Config, *, on_step: Callable[[int], None] | None = None,
   if start is not None:
     try:
       ckpts.check_compatible(start, cfg)
+      schedule_changed = ckpts.check_schedule(start, cfg)
       state, data_state, loop_dict = ckpts.restore(start, executor.abstract_state(run.state))
     except Exception:
       ckpts.close()
@@ -140,6 +141,8 @@ def train(cfg: Config, *, on_step: Callable[[int], None] | None = None,
                                      f"or a fresh --workdir") from e
     loop = ckpt_lib.LoopState(**loop_dict)
     print(f"resuming {workdir} from step {start}")
+    if schedule_changed:
+      print("schedule changed on resume (allow_schedule_change=true): " + "; ".join(schedule_changed))
   write_json_atomic(workdir / "config.json", config_lib.to_dict(cfg))
   step = start or 0
   # Built once (packing the grids is not free); on 'train', the run's own epoch-0 negatives.
