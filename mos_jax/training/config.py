@@ -38,6 +38,10 @@ class TrainConfig:
   parallelism: str = "mesh"
   mesh_data: int = -1  # devices on the data axis; -1 = all devices / mesh_expert
   mesh_expert: int = 1  # devices on the expert axis (stacked expert parameters are split over it)
+  mesh_model: int = 1  # devices on the model axis (embedding rows, with embedding_sharding='model')
+  # Rows of the item / category tables split over the 'data' or 'model' mesh axis ('none' = replicated); the row
+  # count must divide by the axis size: see model.embedding_rows_multiple.
+  embedding_sharding: str = "none"
   # Validation and early stopping.
   eval_every: int = 500  # steps; 0 = only at the end
   eval_batch_size: int = 256

@@ -49,12 +49,15 @@ class Executor:
     if self.mode == "mesh":
       self.mesh = sharding_lib.make_mesh(cfg, devices)
       self.num_shards = self.mesh.shape[sharding_lib.DATA]
-      self.state_shardings = sharding_lib.tree_shardings(state, self.mesh)
+      self.state_shardings = sharding_lib.tree_shardings(state, self.mesh, cfg.embedding_sharding)
       self._batch_sharding = sharding_lib.batch_sharding(self.mesh)
       replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
       self._step = step_lib.jit_train_step(body, self.state_shardings, replicated)
       self._predict = jax.jit(predict)
     else:
+      if cfg.embedding_sharding != "none":
+        raise ValueError(f"config.train.embedding_sharding={cfg.embedding_sharding!r} needs parallelism='mesh' (pmap "
+                         f"replicates every parameter)")
       n = cfg.mesh_data if cfg.mesh_data > 0 else len(devices)
       if n > len(devices):
         raise ValueError(f"config.train.mesh_data={cfg.mesh_data} but only {len(devices)} device(s) are available")
