@@ -146,3 +146,27 @@ def test_train_step_with_every_item_sampled_equals_full_softmax_step():
   sampled = losses.make_next_loss(dataclasses.replace(TrainConfig(), next_loss="sampled", num_sampled=4))
   _, m = jax.jit(step_lib.make_train_step(graphdef, tx, sched, "next", sampled))(state, batch)
   assert np.isfinite(m["loss"]) and float(m["loss"]) != pytest.approx(float(full_m["loss"]))
+
+
+def test_loop_trains_with_popularity_negatives_and_validates_in_item_blocks(tmp_path):
+  """The real loop: popularity proposal from the train split's targets, blocked validation = unblocked validation."""
+  from mos_jax.training.loop import train  # noqa: PLC0415
+
+  def run(workdir, block):
+    cfg = config_lib.Config(workdir=str(workdir), seed=0)
+    cfg.data.cache_dir = str(tmp_path / "prepared")
+    cfg.data.task = "next"
+    cfg.data.synthetic.num_users = 40
+    cfg.data.num_sessions, cfg.data.session_len = 4, 4
+    m = cfg.model
+    m.embed_dim = m.hidden_dim = 8
+    m.name, m.dropout = "backbone", 0.0  # the cheapest model to compile; the loss and evaluation are model-agnostic
+    t = cfg.train
+    t.batch_size, t.eval_batch_size, t.num_steps, t.warmup_steps = 8, 64, 2, 0
+    t.eval_every, t.checkpoint_every, t.log_every, t.progress_bar = 0, 0, 1, False
+    t.next_loss, t.num_sampled, t.sampled_proposal, t.eval_item_block = "sampled", 16, "popularity", block
+    return train(config_lib.validate(cfg))
+
+  blocked, whole = run(tmp_path / "blocked", 37), run(tmp_path / "whole", 0)
+  assert blocked.status == whole.status == "finished"
+  assert blocked.last_eval == whole.last_eval and blocked.last_eval["num_examples"] > 0
