@@ -80,7 +80,8 @@ def test_rows_that_do_not_divide_are_refused_with_the_fix():
     sharding_lib.tree_shardings(params, mesh, "data")
   cfg = config_lib.Config()
   cfg.train.embedding_sharding, cfg.train.parallelism = "data", "pmap"
-  with pytest.raises(config_lib.ConfigError, match="embedding_sharding='data': expected 'none' with parallelism='pmap'"):
+  with pytest.raises(config_lib.ConfigError,
+                     match="embedding_sharding='data': expected 'none' with parallelism='pmap'"):
     config_lib.validate(cfg)
 
 

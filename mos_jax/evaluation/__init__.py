@@ -9,5 +9,5 @@ from mos_jax.evaluation.evaluate import (NextItemQuery, evaluate, predict_rows, 
 from mos_jax.evaluation.metrics import auc, gauc, logloss, ranking_metrics, ranks_from_scores, sigmoid
 from mos_jax.evaluation.slices import slice_masks, slice_metrics
 
-__all__ = ["NextItemQuery", "auc", "evaluate", "gauc", "logloss", "predict_rows", "ranking_metrics", "ranks_from_scores",
-           "row_metrics", "sigmoid", "slice_masks", "slice_metrics", "target_ranks", "target_ranks_blocked"]
+__all__ = ["NextItemQuery", "auc", "evaluate", "gauc", "logloss", "predict_rows", "ranking_metrics",
+           "ranks_from_scores", "row_metrics", "sigmoid", "slice_masks", "slice_metrics", "target_ranks", "target_ranks_blocked"]
