@@ -40,8 +40,7 @@ def per_example_loss(logits: jax.Array, batch: dict[str, jax.Array], task: str) 
 
 def weighted_sum(logits: jax.Array, batch: dict[str, jax.Array], task: str) -> tuple[jax.Array, jax.Array]:
   """(sum of weight * loss, sum of weight) over the batch; padding rows have weight 0."""
-  w = batch["weight"].astype(jnp.float32)
-  return jnp.sum(w * per_example_loss(logits, batch, task)), jnp.sum(w)
+  return weighted_sum_of(per_example_loss(logits, batch, task), batch)
 
 
 def safe_div(num: jax.Array, den: jax.Array) -> jax.Array:
@@ -49,7 +48,7 @@ def safe_div(num: jax.Array, den: jax.Array) -> jax.Array:
   return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
 
 
-def weighted_mean(per_example: jax.Array, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+def weighted_sum_of(per_example: jax.Array, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
   """(sum of weight * loss, sum of weight) for an already computed per-example loss."""
   w = batch["weight"].astype(jnp.float32)
   return jnp.sum(w * per_example.astype(jnp.float32)), jnp.sum(w)

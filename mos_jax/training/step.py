@@ -122,7 +122,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
 
   def objective(params, rest, batch, step):
     out, new_rest, table = _forward(graphdef, params, rest, batch, need_table=next_loss is not None)
-    num, den = losses.weighted_mean(_per_example(out, table, batch, task, next_loss, step), batch)
+    num, den = losses.weighted_sum_of(_per_example(out, table, batch, task, next_loss, step), batch)
     task_loss = losses.safe_div(num, den)
     loss = task_loss + out.aux_loss.astype(jnp.float32)
     return loss, (task_loss, out.aux_loss, dict(out.metrics), new_rest)
@@ -150,7 +150,7 @@ def make_pmap_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sch
 
     def objective(params):
       out, new_rest, table = _forward(graphdef, params, state.rest, batch, axis, need_table=next_loss is not None)
-      num, _ = losses.weighted_mean(_per_example(out, table, batch, task, next_loss, state.step), batch)
+      num, _ = losses.weighted_sum_of(_per_example(out, table, batch, task, next_loss, state.step), batch)
       # The aux loss is the global batch's on every device, with the gradient of this device's share only
       # (routing.batch_mean); so the summed gradients are exactly those of sum(w*l)/sum(w) + global aux loss.
       local = losses.safe_div(num, den) + out.aux_loss.astype(jnp.float32)
