@@ -96,6 +96,12 @@ def test_sample_negatives_uniform_and_popularity():
   ids = np.asarray(ids)
   assert ids.min() >= 1 and ids.max() <= 4 and (ids == 3).mean() > 0.99
   np.testing.assert_allclose(log_e, math.log(2000) + lp[ids - 1], rtol=1e-6)
+  # Draw frequencies follow Q over a skewed 50-item distribution (two-level inverse CDF).
+  skewed = losses.popularity_log_probs(np.arange(50) ** 2, alpha=1.0)
+  ids, _ = losses.sample_negatives(jax.random.key(2), 40000, 50, jnp.asarray(skewed))
+  freq = np.bincount(np.asarray(ids), minlength=51)[1:] / 40000
+  p = np.exp(skewed)
+  assert np.all(np.abs(freq - p) <= 4 * np.sqrt(p / 40000) + 1e-4), np.abs(freq - p).max()  # 4 sd of a binomial
   with pytest.raises(ValueError, match=r"log_probs has shape \(4,\), expected \(5,\)"):
     losses.sample_negatives(jax.random.key(1), 3, 5, jnp.asarray(lp))
   with pytest.raises(ValueError, match="1-D array of counts >= 0"):

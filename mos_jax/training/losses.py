@@ -97,9 +97,21 @@ def sample_negatives(key: jax.Array, num_sampled: int, num_items: int, log_probs
     return ids, jnp.full((num_sampled,), math.log(num_sampled / num_items), jnp.float32)
   if log_probs.shape != (num_items,):
     raise ValueError(f"sample_negatives: log_probs has shape {log_probs.shape}, expected ({num_items},)")
-  cdf = jnp.cumsum(jnp.exp(log_probs.astype(jnp.float32)))
-  u = jax.random.uniform(key, (num_sampled,), jnp.float32) * cdf[-1]
-  ids = jnp.clip(jnp.searchsorted(cdf, u, side="right"), 0, num_items - 1).astype(jnp.int32) + 1  # inverse CDF
+  # Inverse CDF in two levels (a chunk of ~sqrt(V) items, then an item inside it): one float32 CDF over a million
+  # items would have steps of ~6e-8 near 1, too coarse for items of probability ~1e-7, whose draws would then not
+  # follow the Q that the correction assumes.
+  k = math.isqrt(num_items - 1) + 1
+  c = -(-num_items // k)
+  lp = jnp.pad(log_probs.astype(jnp.float32), (0, c * k - num_items), constant_values=-jnp.inf).reshape(c, k)
+  chunk = jax.nn.logsumexp(lp, axis=1)  # [C] log mass of each chunk
+  chunk_cdf = jnp.cumsum(jnp.exp(chunk - jax.nn.logsumexp(chunk)))
+  k1, k2 = jax.random.split(key)
+  ch = jnp.clip(jnp.searchsorted(chunk_cdf, jax.random.uniform(k1, (num_sampled,)) * chunk_cdf[-1], side="right"),
+                0, c - 1)
+  local = jnp.cumsum(jnp.exp(lp[ch] - chunk[ch][:, None]), axis=1)  # [N, K] CDF inside each drawn chunk
+  u = jax.random.uniform(k2, (num_sampled,)) * local[:, -1]
+  pos = jnp.clip(jax.vmap(lambda row, x: jnp.searchsorted(row, x, side="right"))(local, u), 0, k - 1)
+  ids = (ch * k + pos + 1).astype(jnp.int32)
   return ids, math.log(num_sampled) + log_probs[ids - 1].astype(jnp.float32)
 
 
