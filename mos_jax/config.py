@@ -154,21 +154,28 @@ def _validate_train(t: TrainConfig) -> None:
   def bad(field, expected):
     raise ConfigError(f"config.train.{field}={getattr(t, field)!r}: expected {expected}")
 
-  choices = {"decay": DECAYS, "parallelism": PARALLELISMS, "early_stop_mode": EARLY_STOP_MODES}
+  from mos_jax.training.losses import NEXT_LOSSES, PROPOSALS  # noqa: PLC0415
+  from mos_jax.training.sharding import EMBEDDING_SHARDINGS  # noqa: PLC0415
+
+  choices = {"decay": DECAYS, "parallelism": PARALLELISMS, "early_stop_mode": EARLY_STOP_MODES,
+             "next_loss": NEXT_LOSSES, "sampled_proposal": PROPOSALS, "embedding_sharding": EMBEDDING_SHARDINGS}
   for field, allowed in choices.items():
     if getattr(t, field) not in allowed:
       bad(field, f"one of {allowed}")
   if t.eval_split not in ("train", "valid"):  # early stopping picks the best checkpoint on this split
     bad("eval_split", "one of ('train', 'valid') (the validation split selects the best checkpoint; selecting on "
                       "test would leak it into the reported test metrics)")
-  for field in ("batch_size", "eval_batch_size", "mesh_expert", "keep", "log_every"):
+  for field in ("batch_size", "eval_batch_size", "mesh_expert", "mesh_model", "keep", "log_every", "num_sampled"):
     if getattr(t, field) < 1:
       bad(field, "an integer >= 1")
-  for field in ("num_steps", "warmup_steps", "eval_every", "patience", "checkpoint_every"):  # 0 = only at the end
+  for field in ("num_steps", "warmup_steps", "eval_every", "patience", "checkpoint_every",  # 0 = only at the end
+                "eval_item_block"):  # 0 = unblocked
     if getattr(t, field) < 0:
       bad(field, "an integer >= 0")
   if t.mesh_data != -1 and t.mesh_data < 1:
     bad("mesh_data", "-1 (all devices) or an integer >= 1")
+  if t.embedding_sharding != "none" and t.parallelism != "mesh":
+    bad("embedding_sharding", "'none' with parallelism='pmap' (pmap replicates every parameter)")
   if t.num_steps == 0 and not t.num_epochs > 0:
     bad("num_epochs", "> 0 (or set num_steps > 0)")
   if not t.learning_rate > 0:
@@ -180,6 +187,8 @@ def _validate_train(t: TrainConfig) -> None:
       bad(field, "in [0, 1)")
   if not t.eps > 0:
     bad("eps", "> 0")
+  if not t.sampled_alpha >= 0:
+    bad("sampled_alpha", ">= 0 (0 = uniform)")
   for field in ("grad_clip_norm", "weight_decay"):
     if not getattr(t, field) >= 0:
       bad(field, ">= 0 (grad_clip_norm = 0 disables clipping)")

@@ -136,8 +136,39 @@ def test_resume_with_another_batch_size_is_refused(uninterrupted, cache, tmp_pat
   shutil.copytree(uninterrupted, workdir)
   cfg = tiny_config(workdir, cache)
   cfg.train.batch_size = 4
+  with pytest.raises(ckpt_lib.CheckpointError, match="another schedule .*\n  train.batch_size: 8 -> 4\n"):
+    train(cfg)
+  # Allowing schedule changes does not make the saved data position meaningful for another batch size.
+  cfg.train.allow_schedule_change = True
   with pytest.raises(ckpt_lib.CheckpointError, match="cannot resume .*batch_size=8, this iterator has 4"):
     train(cfg)
+
+
+def test_resume_with_another_schedule_is_refused_unless_allowed(uninterrupted, cache, tmp_path):
+  from mos_jax.training.optimizer import learning_rate_schedule  # noqa: PLC0415
+
+  workdir = tmp_path / "run"
+  shutil.copytree(uninterrupted, workdir)
+  cfg = tiny_config(workdir, cache)
+  cfg.train.learning_rate, cfg.train.num_steps, cfg.train.decay = 2e-3, STEPS + 2, "linear"
+  cfg.train.num_epochs = 3.0  # ignored while num_steps > 0 in both runs: not a schedule change
+  with pytest.raises(ckpt_lib.CheckpointError) as e:
+    train(cfg)
+  msg = str(e.value)
+  assert f"latest/{STEPS} was trained with another schedule (checkpoint -> now):" in msg
+  changes = [line.strip() for line in msg.splitlines() if line.startswith("  train.")]
+  assert changes == [f"train.num_steps: {STEPS} -> {STEPS + 2}", "train.learning_rate: 0.001 -> 0.002",
+                     "train.decay: 'cosine' -> 'linear'"]
+  assert "--config.train.allow_schedule_change=true" in msg
+  assert ckpt_lib.Checkpoints(workdir).latest_step() == STEPS  # nothing was trained or written
+  cfg.train.allow_schedule_change = True
+  result = train(cfg)
+  assert (result.status, result.step) == ("finished", STEPS + 2)
+  lr = {r["step"]: r["lr"] for r in train_records(workdir) if r["split"] == "train"}
+  new = learning_rate_schedule(cfg.train, STEPS + 2)
+  assert lr[STEPS + 1] == pytest.approx(float(new(STEPS)), rel=1e-6)  # the new schedule from the restored step
+  assert lr[STEPS + 2] == pytest.approx(float(new(STEPS + 1)), rel=1e-6)
+  assert ckpt_lib.schedule_changes(cfg.train, cfg.train) == []
 
 
 def test_corrupt_checkpoint_gets_a_clear_error(uninterrupted, cache, tmp_path, capsys):

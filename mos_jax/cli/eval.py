@@ -26,6 +26,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--split", default="test", choices=("train", "valid", "test"))
   p.add_argument("--checkpoint", default="best", choices=("best", "latest"))
   p.add_argument("--batch_size", type=int, default=0, help="evaluation batch size (0 = the run's eval_batch_size)")
+  p.add_argument("--item_block", type=int, default=-1,
+                 help="next-item: rank over blocks of this many items (0 = all at once; -1 = the run's "
+                      "train.eval_item_block)")
   p.add_argument("--rules", action="store_true", help="also score the trivial rules on the same rows, per slice")
   return p
 
@@ -113,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
   try:
     cfg, run, executor, step, kind = restore_run(workdir, args.checkpoint, eval_batch_size=args.batch_size,
                                                  note=print)
+    if args.item_block >= 0:
+      cfg.train.eval_item_block = args.item_block
     arrays = run.dataset.split(args.split, cfg.data.task, seed=cfg.data.seed)  # train: the run's epoch-0 negatives
     outputs = predict_split(executor, arrays, cfg)
     masks = slice_masks(arrays)

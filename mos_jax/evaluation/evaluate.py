@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +54,68 @@ def target_ranks(logits: jax.Array, target: jax.Array, history: jax.Array, *, ex
     hist_scores = jnp.take_along_axis(logits, jnp.clip(hist, 0, v - 1), axis=1)  # [B, L]
     rank -= jnp.sum(beats(hist_scores) & counted, axis=1, dtype=jnp.int32)
   return rank, jnp.isnan(logits).any(axis=1)
+
+
+class NextItemQuery(NamedTuple):
+  """What a next-item ``predict_fn`` may return instead of ``[B, V]`` logits: the scores stay implicit.
+
+  ``logits[:, j] = heads.item_scores(query, item_table[j])`` for ``j >= 1``; ranks are then computed over item
+  blocks (``target_ranks_blocked``) and no ``[B, V]`` array is ever built.
+  """
+
+  query: jax.Array  # [B, D]
+  item_table: jax.Array  # [V, D], V = num_items + 1, row 0 = padding
+
+
+@functools.partial(jax.jit, static_argnames=("block", "exclude_history", "ties"))
+def target_ranks_blocked(query: jax.Array, table: jax.Array, target: jax.Array, history: jax.Array, *, block: int,
+                         exclude_history: bool, ties: str = "pessimistic") -> tuple[jax.Array, jax.Array]:
+  """``target_ranks`` of the implicit scores ``query . table^T``, streamed over ``block`` items at a time.
+
+  Peak memory is ``O(B * block)`` instead of ``O(B * V)``; the last block is padded with rows that are never
+  candidates, so ``block`` need not divide V. Two passes over the blocks: the first reads each target's score out of
+  its block's product, the second counts the candidates that beat it. Every score, the target's included, comes from
+  the same ``[B, block]`` product, so ties are decided exactly as within one ``[B, V]`` matrix (a score computed any
+  other way, e.g. a row-wise dot product, may differ in the last bit). History items are dropped from the
+  candidates inside each block (a binary search in the sorted history), without any ``[B, V]`` mask.
+  """
+  from mos_jax.models.heads import item_scores  # noqa: PLC0415  (evaluation scores items exactly as the head does)
+
+  b, d = query.shape
+  v = table.shape[0]
+  nb = -(-v // block)
+  blocks = jnp.pad(table, ((0, nb * block - v), (0, 0))).reshape(nb, block, d)
+  starts = jnp.arange(nb) * block
+  rows = jnp.arange(b)
+
+  def target_score(acc, xs):
+    start, tb = xs
+    s = item_scores(query, tb)  # [B, block]
+    inside = (target >= start) & (target < start + block)
+    return jnp.where(inside, s[rows, jnp.clip(target - start, 0, block - 1)], acc), None
+
+  score_t, _ = jax.lax.scan(target_score, jnp.zeros((b,), jnp.float32), (starts, blocks))
+  score_t = score_t[:, None]
+  beats = (lambda x: x >= score_t) if ties == "pessimistic" else (lambda x: x > score_t)
+  hist = jnp.sort(history.reshape(b, -1), axis=1) if exclude_history else None  # [B, L]
+
+  def count(carry, xs):
+    total, nan = carry
+    start, tb = xs
+    ids = start + jnp.arange(block)
+    s = item_scores(query, tb)
+    real = (ids > 0) & (ids < v)
+    cand = real[None, :] & (ids[None, :] != target[:, None])
+    if exclude_history:
+      pos = jax.vmap(lambda h: jnp.searchsorted(h, ids))(hist)  # [B, block]
+      seen = jnp.take_along_axis(hist, jnp.clip(pos, 0, hist.shape[1] - 1), axis=1) == ids[None, :]
+      cand = cand & ~seen
+    total = total + jnp.sum(beats(s) & cand, axis=1, dtype=jnp.int32)
+    nan = nan | jnp.any(jnp.isnan(s) & real[None, :], axis=1)
+    return (total, nan), None
+
+  (total, has_nan), _ = jax.lax.scan(count, (jnp.zeros((b,), jnp.int32), jnp.zeros((b,), bool)), (starts, blocks))
+  return 1 + total, has_nan
 
 
 def _logits_of(out: Any) -> Any:
@@ -110,14 +172,25 @@ def _ctr_rows(predict_fn, batches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   return s, np.concatenate(labels), np.concatenate(users)
 
 
-def _next_rows(predict_fn, batches, exclude_history: bool, ties: str) -> np.ndarray:
+def _next_rows(predict_fn, batches, exclude_history: bool, ties: str, item_block: int = 0) -> np.ndarray:
   """int64 1-based target ranks of the real rows, in batch order."""
   ranks, nans, masks = [], [], []
   for i, batch in enumerate(batches):
-    out = _logits_of(predict_fn(batch))
-    if out.ndim != 2 or out.shape[1] < 2:
-      raise ValueError(f"batch {i}: task='next' expects logits of shape [B, num_items + 1], got {out.shape}")
-    b, v = out.shape
+    out = predict_fn(batch)
+    blocked = isinstance(out, NextItemQuery)
+    if blocked:
+      if out.query.ndim != 2 or out.item_table.ndim != 2 or out.query.shape[1] != out.item_table.shape[1]:
+        raise ValueError(f"batch {i}: NextItemQuery expects query [B, D] and item_table [num_items + 1, D], got "
+                         f"{out.query.shape}, {out.item_table.shape}")
+      b, v = out.query.shape[0], out.item_table.shape[0]
+    elif item_block > 0:
+      raise ValueError(f"item_block={item_block} needs predict_fn to return a NextItemQuery (query and item table), "
+                       f"got {type(out).__name__}")
+    else:
+      out = _logits_of(out)
+      if out.ndim != 2 or out.shape[1] < 2:
+        raise ValueError(f"batch {i}: task='next' expects logits of shape [B, num_items + 1], got {out.shape}")
+      b, v = out.shape
     mask = _weights(batch, i, b)
     target = _host(batch, "target_item", i)
     if target.shape != (b,):
@@ -135,8 +208,12 @@ def _next_rows(predict_fn, batches, exclude_history: bool, ties: str) -> np.ndar
         raise ValueError(f"batch {i}: 'items' has shape {np.shape(history)}, expected [{b}, S, T]")
     else:
       history = jnp.zeros((b, 1), jnp.int32)  # unused; a constant shape keeps one compilation
-    rank, has_nan = target_ranks(out, jnp.asarray(target, jnp.int32), jnp.asarray(history, jnp.int32),
-                                 exclude_history=exclude_history, ties=ties)
+    target, history = jnp.asarray(target, jnp.int32), jnp.asarray(history, jnp.int32)
+    if blocked:
+      rank, has_nan = target_ranks_blocked(out.query, out.item_table, target, history, block=item_block or v,
+                                           exclude_history=exclude_history, ties=ties)
+    else:
+      rank, has_nan = target_ranks(out, target, history, exclude_history=exclude_history, ties=ties)
     ranks.append(rank)
     nans.append(has_nan)
     masks.append(mask)
@@ -193,25 +270,31 @@ def row_metrics(outputs: np.ndarray, *, task: str, label: np.ndarray | None = No
 
 
 def predict_rows(predict_fn: Callable[[Mapping[str, Any]], Any], batches: Iterable[Mapping[str, Any]], *, task: str,
-                 exclude_history: bool = False, ties: str = "pessimistic") -> np.ndarray:
+                 exclude_history: bool = False, ties: str = "pessimistic", item_block: int = 0) -> np.ndarray:
   """Per-row model outputs of the real rows (``weight == 1``), in the order the batches give them.
 
   With batches from ``make_iterator(arrays, shuffle=False, pad_to_full=True, ...)`` row ``i`` of the result is row
   ``i`` of ``arrays`` (the padding rows that fill the last batch are dropped), so a slice of the split is a slice of
   the result. Same arguments and input checks as ``evaluate``.
 
+  ``item_block > 0`` (next-item): ``predict_fn`` returns a ``NextItemQuery`` and the ranks are streamed over blocks
+  of that many items (``target_ranks_blocked``: same ranks, memory ``O(B * item_block)``). A ``NextItemQuery`` with
+  ``item_block = 0`` is ranked in one block.
+
   Returns:
     CTR: float64 ``[N]`` logits. Next-item: int64 ``[N]`` 1-based rank of the target among all items.
   """
   _check_options(task, ties)
+  if item_block < 0:
+    raise ValueError(f"item_block: expected >= 0 (0 = all items at once), got {item_block}")
   if task == "ctr":
     return _ctr_rows(predict_fn, batches)[0]
-  return _next_rows(predict_fn, batches, exclude_history, ties)
+  return _next_rows(predict_fn, batches, exclude_history, ties, item_block)
 
 
 def evaluate(predict_fn: Callable[[Mapping[str, Any]], Any], batches: Iterable[Mapping[str, Any]], *, task: str,
              ks: Sequence[int] = (5, 10, 20, 50), exclude_history: bool = False, ties: str = "pessimistic",
-             logloss_eps: float = metrics.LOGLOSS_EPS) -> dict[str, float]:
+             logloss_eps: float = metrics.LOGLOSS_EPS, item_block: int = 0) -> dict[str, float]:
   """Evaluates ``predict_fn`` on every batch; rows with ``weight == 0`` are padding and never count.
 
   Args:
@@ -225,6 +308,8 @@ def evaluate(predict_fn: Callable[[Mapping[str, Any]], Any], batches: Iterable[M
       Default False: RecBole's sequential full ranking and repeat consumption (the target may be a history item).
     ties: next-item tie rule, 'pessimistic' (default; see docs/metrics.md) or 'optimistic'.
     logloss_eps: probability clipping of the CTR logloss (FuxiCTR: 1e-7).
+    item_block: next-item only; > 0 streams the ranking over blocks of that many items (``predict_fn`` then returns
+      a ``NextItemQuery``; see ``predict_rows``).
 
   Returns:
     CTR: ``logloss``, ``auc``, ``gauc``, ``num_examples``. Next-item: ``hr@K``, ``ndcg@K`` and ``mrr@K`` for each K,
@@ -235,4 +320,6 @@ def evaluate(predict_fn: Callable[[Mapping[str, Any]], Any], batches: Iterable[M
     s, y, u = _ctr_rows(predict_fn, batches)
     return row_metrics(s, task="ctr", label=y, user=u, logloss_eps=logloss_eps)
   metrics.ranking_metrics(np.ones(1, np.int64), ks)  # validate ks before running the model
-  return row_metrics(_next_rows(predict_fn, batches, exclude_history, ties), task="next", ks=ks)
+  rows = predict_rows(predict_fn, batches, task="next", exclude_history=exclude_history, ties=ties,
+                      item_block=item_block)
+  return row_metrics(rows, task="next", ks=ks)

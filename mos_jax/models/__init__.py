@@ -13,7 +13,7 @@ from mos_jax.models.config import MODEL_NAMES, MOE_MODELS, ModelConfig, MoEConfi
 from mos_jax.models.embedding import Embedder
 from mos_jax.models.encoders import (Encoder, apply_stacked_encoders, build_encoder, build_stacked_encoders,
                                      encoder_names, register_encoder)
-from mos_jax.models.heads import CTRHead, NextItemHead, TaskHead
+from mos_jax.models.heads import CTRHead, NextItemHead, TaskHead, item_scores
 from mos_jax.models.mos import MoS
 from mos_jax.models.outputs import ModelOutput
 
@@ -43,4 +43,4 @@ def set_batch_axis(model: nnx.Module, axis_name: str | None) -> None:
 
 __all__ = ["BackboneModel", "CTRHead", "Embedder", "Encoder", "ModelConfig", "MoEConfig", "ModelOutput", "MoS",
            "NextItemHead", "TaskHead", "apply_stacked_encoders", "build_encoder", "build_model",
-           "build_stacked_encoders", "encoder_names", "register_encoder", "set_batch_axis"]
+           "build_stacked_encoders", "encoder_names", "item_scores", "register_encoder", "set_batch_axis"]

@@ -64,6 +64,9 @@ class ModelConfig:
   task: str = "ctr"  # ctr | next
   num_items: int = 0  # largest item id (0 = padding)
   num_cats: int = 0
+  # The item / category tables get their rows rounded up to a multiple of this (extra rows are never looked up), so
+  # that they can be split over a mesh axis (train.embedding_sharding); 1 = exactly num + 1 rows.
+  embedding_rows_multiple: int = 1
   num_sessions: int = 16  # S
   session_len: int = 16  # T
   # Encoder sizes.
@@ -155,7 +158,8 @@ class ModelConfig:
       if getattr(self, field) not in allowed:
         bad(field, getattr(self, field), f"one of {allowed}")
     for field in ("num_items", "num_sessions", "session_len", "embed_dim", "hidden_dim", "num_layers",
-                  "num_heads", "num_themes", "capacity_multiple", "short_sessions", "ffn_multiplier", "head_hidden"):
+                  "num_heads", "num_themes", "capacity_multiple", "short_sessions", "ffn_multiplier", "head_hidden",
+                  "embedding_rows_multiple"):
       if getattr(self, field) < 1:
         bad(field, getattr(self, field),
             "an integer >= 1" + (" (filled from the dataset's meta)" if field == "num_items" else ""))

@@ -21,9 +21,13 @@ class Embedder(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     init = nnx.initializers.normal(stddev=cfg.embed_dim**-0.5)
     self.dtype = cfg.compute_dtype
-    self.item = nnx.Embed(cfg.num_items + 1, cfg.embed_dim, embedding_init=init, rngs=rngs)
+    m = cfg.embedding_rows_multiple
+    rows = lambda n: -(-(n + 1) // m) * m  # noqa: E731  (padded so the rows can be split over a mesh axis)
+    self.num_items = cfg.num_items
+    self.item = nnx.Embed(rows(cfg.num_items), cfg.embed_dim, embedding_init=init, rngs=rngs)
     self.use_category = cfg.use_category and cfg.num_cats > 0
-    self.cat = nnx.Embed(cfg.num_cats + 1, cfg.embed_dim, embedding_init=init, rngs=rngs) if self.use_category else None
+    self.cat = (nnx.Embed(rows(cfg.num_cats), cfg.embed_dim, embedding_init=init, rngs=rngs) if self.use_category
+                else None)
 
   def __call__(self, items: jax.Array, cats: jax.Array | None = None) -> jax.Array:
     """``items``, ``cats``: int [...] -> float [..., D] (zero where items == 0)."""
@@ -34,8 +38,9 @@ class Embedder(nnx.Module):
 
   @property
   def item_table(self) -> jax.Array:
-    """float32 [num_items + 1, D], row 0 = padding."""
-    return self.item.embedding[...]
+    """float32 [num_items + 1, D], row 0 = padding (rows added by ``embedding_rows_multiple`` left out)."""
+    table = self.item.embedding[...]
+    return table if table.shape[0] == self.num_items + 1 else table[: self.num_items + 1]
 
   def embed_batch(self, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Batch dict -> (x[B,S,T,D], mask bool[B,S,T], target[B,D]) with the keys of docs/interfaces.md."""

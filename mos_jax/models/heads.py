@@ -28,17 +28,27 @@ class CTRHead(nnx.Module):
     return self.out(self.drop(z, deterministic=deterministic))[:, 0].astype(jnp.float32)
 
 
+def item_scores(q: jax.Array, items: jax.Array) -> jax.Array:
+  """(q[B,D], items[N,D]) -> float32 scores [B,N] = q . items^T (bf16 inputs when q is bf16, float32 accumulation).
+
+  The one scoring rule of the next-item head, shared by the full logits, the sampled / in-batch losses and the
+  blocked evaluation, so that every path scores an item identically.
+  """
+  return jnp.einsum("bd,nd->bn", q, items.astype(q.dtype), preferred_element_type=jnp.float32)
+
+
 class NextItemHead(nnx.Module):
   """(u[B,H], item_table[V,D]) -> float32 scores [B,V] = proj(u) . table^T, column 0 = PAD_LOGIT."""
 
   def __init__(self, cfg: ModelConfig, *, in_dim: int, rngs: nnx.Rngs):
     self.proj = nnx.Linear(in_dim, cfg.embed_dim, dtype=cfg.compute_dtype, rngs=rngs)
 
+  def query(self, u: jax.Array) -> jax.Array:
+    """The query q[B,D] whose dot product with an item embedding is that item's score."""
+    return self.proj(u)
+
   def __call__(self, u: jax.Array, item_table: jax.Array) -> jax.Array:
-    q = self.proj(u)
-    # scores[B, V]: bf16 inputs when asked, float32 accumulation and output.
-    scores = jnp.einsum("bd,vd->bv", q, item_table.astype(q.dtype), preferred_element_type=jnp.float32)
-    return scores.at[:, 0].set(PAD_LOGIT)
+    return item_scores(self.query(u), item_table).at[:, 0].set(PAD_LOGIT)
 
 
 class TaskHead(nnx.Module):
@@ -56,6 +66,16 @@ class TaskHead(nnx.Module):
       self.head = NextItemHead(cfg, in_dim=in_dim, rngs=rngs)
 
   def __call__(self, u: jax.Array, target: jax.Array, item_table: jax.Array, *, deterministic: bool) -> jax.Array:
+    return self.forward(u, target, item_table, deterministic=deterministic)[0]
+
+  def forward(self, u: jax.Array, target: jax.Array, item_table: jax.Array, *, deterministic: bool
+              ) -> tuple[jax.Array, jax.Array | None]:
+    """(logits, query): next-item also returns the query ``q[B,D]`` (``ModelOutput.query``), CTR None.
+
+    A caller that uses only the query (sampled losses, blocked evaluation) leaves the ``[B,V]`` logits unused, and
+    ``jax.jit`` does not compute them.
+    """
     if self.task == "ctr":
-      return self.head(u, target, deterministic=deterministic)
-    return self.head(u, item_table)
+      return self.head(u, target, deterministic=deterministic), None
+    q = self.head.query(u)
+    return item_scores(q, item_table).at[:, 0].set(PAD_LOGIT), q

@@ -23,6 +23,10 @@ import orbax.checkpoint as ocp
 from mos_jax import config as config_lib
 
 ITEMS = ("state", "data", "loop", "config")
+# Train fields that shape the learning-rate schedule or the optimizer update: a resume that changes one of them does
+# not continue the checkpointed run (num_epochs counts only while num_steps = 0, when it sets the run's length).
+SCHEDULE_FIELDS = ("batch_size", "num_steps", "num_epochs", "learning_rate", "warmup_steps", "decay", "end_lr_ratio",
+                   "b1", "b2", "eps", "grad_clip_norm", "weight_decay", "no_decay")
 
 
 class CheckpointError(RuntimeError):
@@ -128,6 +132,18 @@ class Checkpoints:
           f"checkpoint {self._dir(kind, step)} was written by a different {what} config:\n  {lines}\n"
           f"Use the config it was trained with, or a fresh --workdir for this model.")
 
+  def check_schedule(self, step: int, cfg: config_lib.Config, kind: str = "latest") -> list[str]:
+    """Refuses a resume whose schedule or optimizer fields differ from the checkpoint's, unless
+    ``cfg.train.allow_schedule_change``; returns the differences (``train.FIELD: old -> new``) either way."""
+    changes = schedule_changes(self.saved_config(step, kind).train, cfg.train)
+    if changes and not cfg.train.allow_schedule_change:
+      lines = "\n  ".join(changes)
+      raise CheckpointError(
+          f"checkpoint {self._dir(kind, step)} was trained with another schedule (checkpoint -> now):\n  {lines}\n"
+          f"Resuming would silently change the run's schedule. Use the original values, a fresh --workdir, or "
+          f"--config.train.allow_schedule_change=true to continue from step {step} on the new schedule.")
+    return changes
+
   def restore(self, step: int, abstract_state: Any, kind: str = "latest") -> tuple[Any, Any, dict[str, Any]]:
     """(state, data_state, loop_state) of ``step``; ``abstract_state`` gives shapes, dtypes and shardings."""
     where = self._dir(kind, step)
@@ -147,6 +163,18 @@ def abstract_like(tree: Any, shardings: Any | None = None) -> Any:
   if shardings is None:
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def schedule_changes(saved: Any, now: Any) -> list[str]:
+  """``train.FIELD: old -> new`` for each of ``SCHEDULE_FIELDS`` that differs between two ``TrainConfig``s."""
+  out = []
+  for name in SCHEDULE_FIELDS:
+    if name == "num_epochs" and saved.num_steps > 0 and now.num_steps > 0:
+      continue  # num_steps sets the length in both runs; num_epochs is unused
+    old, new = getattr(saved, name), getattr(now, name)
+    if old != new:
+      out.append(f"train.{name}: {old!r} -> {new!r}")
+  return out
 
 
 @dataclasses.dataclass

@@ -88,8 +88,9 @@ def predict_split(executor: Executor, arrays: dict[str, np.ndarray], cfg: Config
 
   batches = data_lib.make_iterator(arrays, batch_size=cfg.train.eval_batch_size, seed=0, shuffle=False,
                                    drop_remainder=False, pad_to_full=True, num_epochs=1)
-  return predict_rows(executor.predict_fn(), batches, task=cfg.data.task,
-                      exclude_history=cfg.train.eval_exclude_history)
+  block = cfg.train.eval_item_block if cfg.data.task == "next" else 0
+  return predict_rows(executor.predict_fn(query_only=block > 0), batches, task=cfg.data.task,
+                      exclude_history=cfg.train.eval_exclude_history, item_block=block)
 
 
 def evaluate_split(executor: Executor, arrays: dict[str, np.ndarray], cfg: Config) -> dict[str, float]:
@@ -114,11 +115,14 @@ def train(cfg: Config, *, on_step: Callable[[int], None] | None = None,
   workdir = pathlib.Path(cfg.workdir).expanduser()
   workdir.mkdir(parents=True, exist_ok=True)
   metric, mode = early_stop_metric(cfg)
-  executor = Executor(t, run.graphdef, run.tx, run.schedule, task, run.state, devices)
-  ckpts = ckpt_lib.Checkpoints(workdir, keep=t.keep, async_save=t.async_checkpoints)
   # data.seed drives the train order and the train negatives, redrawn every epoch (a function of the epoch, so a
   # resumed run continues exactly); valid/test negatives are fixed in the prepared folder.
   train_arrays = run.dataset.split("train", task, seed=cfg.data.seed)
+  item_counts = None
+  if task == "next" and t.next_loss == "sampled" and t.sampled_proposal == "popularity":
+    item_counts = np.bincount(train_arrays["target_item"], minlength=cfg.model.num_items + 1)[1:]
+  executor = Executor(t, run.graphdef, run.tx, run.schedule, task, run.state, devices, item_counts=item_counts)
+  ckpts = ckpt_lib.Checkpoints(workdir, keep=t.keep, async_save=t.async_checkpoints)
   epoch_fields = run.dataset.epoch_fields(train_arrays, seed=cfg.data.seed) if task == "ctr" else None
   it = data_lib.make_iterator(train_arrays, batch_size=t.batch_size, seed=cfg.data.seed, shuffle=True,
                               drop_remainder=True, epoch_fields=epoch_fields)
@@ -127,6 +131,7 @@ def train(cfg: Config, *, on_step: Callable[[int], None] | None = None,
   if start is not None:
     try:
       ckpts.check_compatible(start, cfg)
+      schedule_changed = ckpts.check_schedule(start, cfg)
       state, data_state, loop_dict = ckpts.restore(start, executor.abstract_state(run.state))
     except Exception:
       ckpts.close()
@@ -140,6 +145,8 @@ def train(cfg: Config, *, on_step: Callable[[int], None] | None = None,
                                      f"or a fresh --workdir") from e
     loop = ckpt_lib.LoopState(**loop_dict)
     print(f"resuming {workdir} from step {start}")
+    if schedule_changed:
+      print("schedule changed on resume (allow_schedule_change=true): " + "; ".join(schedule_changed))
   write_json_atomic(workdir / "config.json", config_lib.to_dict(cfg))
   step = start or 0
   # Built once (packing the grids is not free); on 'train', the run's own epoch-0 negatives.

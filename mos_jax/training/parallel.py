@@ -12,6 +12,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from mos_jax.training import losses
 from mos_jax.training import sharding as sharding_lib
 from mos_jax.training import step as step_lib
 from mos_jax.training.config import TrainConfig
@@ -24,34 +25,47 @@ class Executor:
 
   def __init__(self, cfg: TrainConfig, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                schedule: optax.Schedule, task: str, state: step_lib.TrainState,
-               devices: list[jax.Device] | None = None):
+               devices: list[jax.Device] | None = None, item_counts: np.ndarray | None = None):
+    """``item_counts``: training-target count of items 1..num_items, for ``train.sampled_proposal='popularity'``."""
     if cfg.parallelism not in PARALLELISMS:
       raise ValueError(f"config.train.parallelism: expected one of {PARALLELISMS}, got {cfg.parallelism!r}")
     self.mode = cfg.parallelism
     self.graphdef = graphdef
     devices = list(devices if devices is not None else jax.devices())
-    body = step_lib.make_train_step(graphdef, tx, schedule, task)
+    next_loss = None
+    if task == "next" and cfg.next_loss != "full":
+      next_loss = losses.make_next_loss(cfg, item_counts)
+    body = step_lib.make_train_step(graphdef, tx, schedule, task, next_loss)
 
     def predict(params, rest, batch):
       return nnx.merge(graphdef, params, rest)(batch, deterministic=True).logits
 
+    def query(params, rest, batch):  # the [B, V] logits are unused, so jit never computes them
+      return nnx.merge(graphdef, params, rest)(batch, deterministic=True).query
+
+    self._query = jax.jit(query)
+    self._item_table = jax.jit(lambda params, rest: nnx.merge(graphdef, params, rest).embedder.item_table)
+
     if self.mode == "mesh":
       self.mesh = sharding_lib.make_mesh(cfg, devices)
       self.num_shards = self.mesh.shape[sharding_lib.DATA]
-      self.state_shardings = sharding_lib.tree_shardings(state, self.mesh)
+      self.state_shardings = sharding_lib.tree_shardings(state, self.mesh, cfg.embedding_sharding)
       self._batch_sharding = sharding_lib.batch_sharding(self.mesh)
       replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
       self._step = step_lib.jit_train_step(body, self.state_shardings, replicated)
       self._predict = jax.jit(predict)
     else:
+      if cfg.embedding_sharding != "none":
+        raise ValueError(f"config.train.embedding_sharding={cfg.embedding_sharding!r} needs parallelism='mesh' (pmap "
+                         f"replicates every parameter)")
       n = cfg.mesh_data if cfg.mesh_data > 0 else len(devices)
       if n > len(devices):
         raise ValueError(f"config.train.mesh_data={cfg.mesh_data} but only {len(devices)} device(s) are available")
       self.devices = devices[:n]
       self.num_shards = n
       self.state_shardings = None
-      self._step = step_lib.pmap_train_step(step_lib.make_pmap_step(graphdef, tx, schedule, task),
-                                            devices=self.devices)
+      body = step_lib.make_pmap_step(graphdef, tx, schedule, task, next_loss=next_loss)
+      self._step = step_lib.pmap_train_step(body, devices=self.devices)
       self._predict = jax.jit(predict)
     sharding_lib.check_batch_size(cfg.batch_size, self.num_shards)
     sharding_lib.check_batch_size(cfg.eval_batch_size, self.num_shards, "config.train.eval_batch_size")
@@ -87,10 +101,17 @@ class Executor:
     self.state, metrics = self._step(self.state, step_lib.split_for_devices(batch, self.num_shards))
     return jax.tree.map(lambda x: x[0], metrics)
 
-  def predict_fn(self) -> Callable[[dict[str, np.ndarray]], jax.Array]:
-    """``batch -> logits`` in evaluation mode with the current parameters."""
+  def predict_fn(self, query_only: bool = False) -> Callable[[dict[str, np.ndarray]], Any]:
+    """``batch -> logits`` in evaluation mode with the current parameters.
+
+    ``query_only`` (next-item): ``batch -> evaluation.NextItemQuery(query, item_table)`` instead, for ranking over
+    item blocks without the ``[B, V]`` logits; the table is read once per call of ``predict_fn``.
+    """
+    from mos_jax.evaluation import NextItemQuery  # noqa: PLC0415
+
     state = self.saveable_state()
-    if self.mode == "mesh":
-      return lambda batch: self._predict(state.params, state.rest,
-                                         sharding_lib.put_batch(batch, self._batch_sharding))
-    return lambda batch: self._predict(state.params, state.rest, batch)
+    put = (lambda b: sharding_lib.put_batch(b, self._batch_sharding)) if self.mode == "mesh" else (lambda b: b)
+    if query_only:
+      table = self._item_table(state.params, state.rest)
+      return lambda batch: NextItemQuery(self._query(state.params, state.rest, put(batch)), table)
+    return lambda batch: self._predict(state.params, state.rest, put(batch))

@@ -72,6 +72,7 @@ def restore_run(workdir: str | pathlib.Path, kind: str = "best", *, eval_batch_s
     saved_model = dataclasses.replace(cfg.model)
     # One device: the result does not depend on how training was parallelised.
     cfg.train.parallelism, cfg.train.mesh_data, cfg.train.mesh_expert = "mesh", 1, 1
+    cfg.train.mesh_model, cfg.train.embedding_sharding = 1, "none"
     if eval_batch_size > 0:
       cfg.train.eval_batch_size = eval_batch_size
     run = build_run(cfg)

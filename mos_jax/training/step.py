@@ -32,6 +32,7 @@ from mos_jax.training import losses
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
+NextLoss = Callable[[jax.Array, jax.Array, Batch, jax.Array], jax.Array]  # losses.make_next_loss
 
 
 @flax.struct.dataclass
@@ -76,11 +77,12 @@ def fold_rng_keys(rest: nnx.State, index: jax.Array) -> nnx.State:
   return jax.tree.map(fold, rest)
 
 
-def _forward(graphdef, params, rest, batch, axis: str | None = None):
+def _forward(graphdef, params, rest, batch, axis: str | None = None, need_table: bool = False):
   """Model forward in training mode; returns the output and the advanced non-parameter state.
 
   ``axis`` (pmap): dropout keys get the device index folded in for this step (the returned state keeps the original
-  keys), and the model's auxiliary statistics become the global batch's.
+  keys), and the model's auxiliary statistics become the global batch's. ``need_table``: also return the item
+  table (for the sampled / in-batch next-item losses), else None.
   """
   step_rest = rest if axis is None else fold_rng_keys(rest, jax.lax.axis_index(axis))
   # copy=True: fresh Variables at this trace level (under jax.grad), so the RNG counts may advance here.
@@ -88,10 +90,20 @@ def _forward(graphdef, params, rest, batch, axis: str | None = None):
   if axis is not None:
     set_batch_axis(model, axis)
   out = model(batch, deterministic=False)
+  table = model.embedder.item_table if need_table else None  # a traced function of params: gradients flow
   _, _, new_rest = split_model(model)
   if axis is not None:
     new_rest = jax.tree.map(lambda old, new: old if _is_key(old) else new, rest, new_rest)
-  return out, new_rest
+  return out, new_rest, table
+
+
+def _per_example(out, table, batch, task: str, next_loss: NextLoss | None, step: jax.Array) -> jax.Array:
+  """The task loss per example: the full cross-entropy on the logits, or the configured next-item loss."""
+  if next_loss is None or task != "next":
+    return losses.per_example_loss(out.logits, batch, task)
+  if out.query is None:
+    raise ValueError("train.next_loss needs the model's next-item query (ModelOutput.query); this model returns None")
+  return next_loss(out.query, table, batch, step)
 
 
 def _finish(state: TrainState, tx, schedule, grads, new_rest, metrics: Metrics) -> tuple[TrainState, Metrics]:
@@ -101,18 +113,23 @@ def _finish(state: TrainState, tx, schedule, grads, new_rest, metrics: Metrics) 
   return TrainState(step=state.step + 1, params=params, rest=new_rest, opt_state=opt_state), metrics
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedule: optax.Schedule, task: str
-                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-  """One optimizer update on one whole (global) batch; pure, not yet compiled."""
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedule: optax.Schedule, task: str,
+                    next_loss: NextLoss | None = None) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+  """One optimizer update on one whole (global) batch; pure, not yet compiled.
 
-  def objective(params, rest, batch):
-    out, new_rest = _forward(graphdef, params, rest, batch)
-    loss, task_loss = losses.total_loss(out.logits, out.aux_loss, batch, task)
+  ``next_loss`` (``losses.make_next_loss``): the sampled / in-batch next-item loss; None = full softmax on the logits.
+  """
+
+  def objective(params, rest, batch, step):
+    out, new_rest, table = _forward(graphdef, params, rest, batch, need_table=next_loss is not None)
+    num, den = losses.weighted_sum_of(_per_example(out, table, batch, task, next_loss, step), batch)
+    task_loss = losses.safe_div(num, den)
+    loss = task_loss + out.aux_loss.astype(jnp.float32)
     return loss, (task_loss, out.aux_loss, dict(out.metrics), new_rest)
 
   def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     grad_fn = jax.value_and_grad(objective, has_aux=True)
-    (loss, (task_loss, aux, routing, new_rest)), grads = grad_fn(state.params, state.rest, batch)
+    (loss, (task_loss, aux, routing, new_rest)), grads = grad_fn(state.params, state.rest, batch, state.step)
     metrics = {"loss": loss, "task_loss": task_loss, "aux_loss": jnp.asarray(aux, jnp.float32), **routing}
     return _finish(state, tx, schedule, grads, new_rest, metrics)
 
@@ -120,15 +137,20 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
 
 
 def make_pmap_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedule: optax.Schedule, task: str,
-                   axis: str = "data") -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-  """The per-device body of the pmap path (runs under ``jax.pmap(..., axis_name=axis)``)."""
+                   axis: str = "data", next_loss: NextLoss | None = None
+                   ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+  """The per-device body of the pmap path (runs under ``jax.pmap(..., axis_name=axis)``).
+
+  A sampled next-item loss draws the same negatives on every device (same key); in-batch negatives are the device's
+  own rows.
+  """
 
   def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     den = jax.lax.psum(jnp.sum(batch["weight"].astype(jnp.float32)), axis)  # weight of the whole global batch
 
     def objective(params):
-      out, new_rest = _forward(graphdef, params, state.rest, batch, axis)
-      num, _ = losses.weighted_sum(out.logits, batch, task)
+      out, new_rest, table = _forward(graphdef, params, state.rest, batch, axis, need_table=next_loss is not None)
+      num, _ = losses.weighted_sum_of(_per_example(out, table, batch, task, next_loss, state.step), batch)
       # The aux loss is the global batch's on every device, with the gradient of this device's share only
       # (routing.batch_mean); so the summed gradients are exactly those of sum(w*l)/sum(w) + global aux loss.
       local = losses.safe_div(num, den) + out.aux_loss.astype(jnp.float32)

@@ -115,8 +115,8 @@ class MoEModel(nnx.Module):
       u, aux, metrics = self._dense(x, mask, ctr_target, feats, valid, deterministic)
     else:
       u, aux, metrics = self._sparse(x, mask, ctr_target, feats, valid, deterministic)
-    logits = self.head(u, target, self.embedder.item_table, deterministic=deterministic)
-    return ModelOutput(logits, aux.astype(_F32), metrics)
+    logits, query = self.head.forward(u, target, self.embedder.item_table, deterministic=deterministic)
+    return ModelOutput(logits, aux.astype(_F32), metrics, query)
 
   def _sparse(self, x, mask, target, feats, valid, deterministic):
     r = self.route(feats, valid, deterministic)
