@@ -12,7 +12,7 @@ eagerly), and each config compiles one function giving forward, loss, gradients 
 scope), shared by the tests that need it.
 """
 
-import pathlib
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +30,10 @@ from mos_jax.training.config import TrainConfig
 
 ATOL, RTOL = 1e-5, 1e-4
 B, S, T = 4, 5, 3
+# XLA's CPU backend optimisations off for the test's own jitted functions: the same HLO and the same float32 math,
+# compiled ~6x faster (a MoS value-and-grad: 2.5 s instead of 15 s on 2 busy cores). What is checked is the models'
+# math, not XLA's code generation, which every other test file exercises with the default options.
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +181,7 @@ def jax_results(model: nnx.Module, batch, cfg: ModelConfig) -> dict:
                    eval_logits=m(batch, deterministic=True).logits)
     return loss, dict(logits=out.logits, aux=out.aux_loss, metrics=dict(out.metrics), **extra)
 
-  (loss, aux), grads = jax.jit(jax.value_and_grad(f, has_aux=True))(params, batch)
+  (loss, aux), grads = jax.jit(jax.value_and_grad(f, has_aux=True), compiler_options=FAST_COMPILE)(params, batch)
   res = jax.tree.map(np.asarray, aux)
   res.update(loss=float(loss), grads=names.jax_to_torch(flat_params(grads)))
   return res
@@ -316,10 +320,15 @@ def test_parity(torch, jax_models, jax_case, case):
     tm.eval()  # evaluation: every example routed on its own, nothing dropped
     with torch.no_grad():
       assert_close("eval_logits", tm(to_torch(torch, batch)).logits.numpy(), want["eval_logits"], report)
-  if cfg.target_routing:  # the candidate's theme prior reaches the loss: the router gets gradient through it
-    assert "target_router_entropy" in shared and np.abs(want["grads"]["router.proj.weight"]).max() > 1e-4
+  if cfg.target_routing:  # the candidate's theme prior changes the prediction, so the parity above covers it
+    off = torch_model(torch, dataclasses.replace(cfg, target_routing=False), jax_models(case))
+    off.train()
+    with torch.no_grad():
+      assert np.abs(off(to_torch(torch, batch)).logits.numpy() - got["logits"]).max() > 1e-3
   if cfg.router_mi_weight:
-    assert "mi_loss" in shared
+    assert abs(float(want["metrics"]["mi_loss"])) > 1e-3
+  if cfg.router_input == "attention":
+    assert np.abs(want["grads"]["router.pool_query"]).max() > 1e-4
   grads = max(v for k, v in report.items() if k.startswith("gradient of"))
   print(case, {k: f"{v:.1e}" for k, v in report.items() if not k.startswith("gradient of")}, f"grads {grads:.1e}")
 
@@ -362,7 +371,7 @@ def test_adamw_steps_match_optax(torch, jax_models):
   assert flags["encoder.blocks.0.qkv.weight"] and not flags["embedder.item.weight"] and not flags["encoder.norm.weight"]
   tx = optimizer_lib.make_optimizer(tcfg, total)
   graphdef, state = step_lib.init_state(jm, tx)
-  step = jax.jit(step_lib.make_train_step(graphdef, tx, schedule, cfg.task))
+  step = jax.jit(step_lib.make_train_step(graphdef, tx, schedule, cfg.task), compiler_options=FAST_COMPILE)
   opt, sched = make_optimizer(tm, tcfg, total)
   batch = make_batch(5)
   norms = []
@@ -399,6 +408,7 @@ def test_convert_cli_round_trip(torch, tmp_path, capsys):
       f"  cfg.data.cache_dir = {str(tmp_path / 'prepared')!r}\n"
       "  cfg.data.synthetic.num_users = 30\n"
       "  cfg.data.num_sessions, cfg.data.session_len = 4, 4\n"
+      "  cfg.model.backbone = 'gru4rec'\n"  # fewer init ops than SASRec: eager init compiles one program per op
       "  cfg.model.embed_dim = cfg.model.hidden_dim = 8\n"
       "  cfg.model.num_themes = 2\n"
       "  cfg.train.batch_size, cfg.train.num_steps = 8, 3\n"
@@ -415,7 +425,7 @@ def test_convert_cli_round_trip(torch, tmp_path, capsys):
   pt = tmp_path / "model.pt"
   assert convert.main(["--to-torch", f"--workdir={src}", f"--out={pt}"]) == 0
   payload = torch.load(pt, weights_only=True)
-  assert payload["step"] == 3 and "theme_experts.1.pos.weight" in payload["state_dict"]
+  assert payload["step"] == 3 and "theme_experts.1.cell.weight_ih" in payload["state_dict"]
   dst = tmp_path / "dst"
   assert convert.main([f"--from-torch={pt}", f"--config={cfg_file}", f"--workdir={dst}"]) == 0
   from mos_jax.training.restore import restore_run  # noqa: PLC0415
