@@ -411,6 +411,7 @@ def test_convert_cli_round_trip(torch, tmp_path, capsys):
       "  cfg.model.backbone = 'gru4rec'\n"  # fewer init ops than SASRec: eager init compiles one program per op
       "  cfg.model.embed_dim = cfg.model.hidden_dim = 8\n"
       "  cfg.model.num_themes = 2\n"
+      "  cfg.model.router_input, cfg.model.target_routing = 'attention', True\n"
       "  cfg.train.batch_size, cfg.train.num_steps = 8, 3\n"
       "  return cfg\n")
   src = tmp_path / "src"
@@ -426,6 +427,7 @@ def test_convert_cli_round_trip(torch, tmp_path, capsys):
   assert convert.main(["--to-torch", f"--workdir={src}", f"--out={pt}"]) == 0
   payload = torch.load(pt, weights_only=True)
   assert payload["step"] == 3 and "theme_experts.1.cell.weight_ih" in payload["state_dict"]
+  assert "router.pool_query" in payload["state_dict"]
   dst = tmp_path / "dst"
   assert convert.main([f"--from-torch={pt}", f"--config={cfg_file}", f"--workdir={dst}"]) == 0
   from mos_jax.training.restore import restore_run  # noqa: PLC0415
