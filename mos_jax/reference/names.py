@@ -10,7 +10,9 @@ Pure numpy, so the mapping (and its round trip) works and is tested without torc
   ``bias_hh``) of one ``nn.GRUCell`` (both use PyTorch's [r | z | n] gate order);
 * stacked experts (``theme_experts`` of MoS, ``experts`` of the MoE baselines; leading axis = number of experts) ->
   one module per expert, ``theme_experts.0.…``, ``theme_experts.1.…`` (an ``nn.ModuleList``);
-* everything else (biases, the fusion gate's ``bias``, router ``prototypes``) keeps its name and layout.
+* everything else (biases, the fusion gate's ``bias``, router ``prototypes`` and ``pool_query``) keeps its name and
+  layout; MoS's ``shared_theme_expert`` (``theme_params='shared'``) is one unstacked encoder and maps like the global
+  expert's.
 """
 
 from __future__ import annotations

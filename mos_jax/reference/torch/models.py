@@ -32,8 +32,9 @@ def check_supported(cfg: ModelConfig) -> ModelConfig:
   """Raises ValueError naming the first ``ModelConfig`` field this PyTorch reference does not port; returns cfg.
 
   Ported: models mos / backbone / gshard; backbones sasrec (every ``sasrec.*`` option) and gru4rec (``gru4rec.bias``);
-  float32; every routing switch of MoS except ``route_by='label'`` and ``target_routing``; fusion gate / mean; CTR and
-  next-item heads. ``attention``, ``dispatch`` and ``remat`` change how JAX computes, not what: any value is accepted.
+  float32; every routing switch of MoS except ``route_by='label'`` (``router_input``, ``target_routing``,
+  ``router_mi_weight`` and ``theme_params`` included); fusion gate / mean; CTR and next-item heads. ``attention``,
+  ``dispatch`` and ``remat`` change how JAX computes, not what: any value is accepted.
   """
   cfg.validate()
 
@@ -46,11 +47,8 @@ def check_supported(cfg: ModelConfig) -> ModelConfig:
     refuse("backbone", cfg.backbone, ", ".join(ENCODERS))
   if cfg.dtype != "float32":
     refuse("dtype", cfg.dtype, "float32")
-  if cfg.name == "mos":
-    if cfg.route_by != "router":
-      refuse("route_by", cfg.route_by, "router")
-    if cfg.target_routing:
-      refuse("target_routing", True, "False")
+  if cfg.name == "mos" and cfg.route_by != "router":
+    refuse("route_by", cfg.route_by, "router")
   return cfg
 
 
@@ -58,6 +56,14 @@ def session_summary(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
   """Masked mean over T: x[B,S,T,D], mask[B,S,T] -> [B,S,D] (zeros for padding sessions)."""
   m = mask.float()[..., None]
   return (x * m).sum(2) / torch.clamp(m.sum(2), min=1.0)
+
+
+def last_item(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+  """The session's most recent valid item: x[B,S,T,D], mask[B,S,T] -> [B,S,D] (zeros for padding sessions)."""
+  t = torch.arange(mask.shape[-1], device=mask.device)
+  last = torch.where(mask, t, 0).max(dim=-1).values  # [B,S]
+  out = torch.take_along_dim(x, last[..., None, None], dim=2)[:, :, 0]
+  return torch.where(mask.any(-1)[..., None], out, torch.zeros_like(out))
 
 
 class Embedder(nn.Module):
@@ -130,17 +136,32 @@ class TaskHead(nn.Module):
 
 
 class Router(nn.Module):
-  """Session summaries [B,S,D] -> logits [B,S,K] (padding sessions = -1e9): linear or cosine prototypes."""
+  """Session summaries [B,S,D] -> logits [B,S,K] (padding sessions = -1e9): linear or cosine prototypes.
+
+  ``summarize`` turns the session grid into the summaries (``router_input``: mean | last | attention pooling with the
+  learned query ``pool_query``, zero at init = the mean).
+  """
 
   def __init__(self, cfg: ModelConfig):
     super().__init__()
     d, k = cfg.embed_dim, cfg.num_themes
-    self.kind, self.temperature = cfg.router, cfg.router_temperature
+    self.kind, self.temperature, self.input = cfg.router, cfg.router_temperature, cfg.router_input
+    self.pool_query = nn.Parameter(torch.zeros(d)) if cfg.router_input == "attention" else None
     self.mlp = nn.Linear(d, d) if cfg.router_mlp else None
     if cfg.router == "linear":
       self.proj = nn.Linear(d, k)
     else:
       self.prototypes = nn.Parameter(torch.randn(k, d))
+
+  def summarize(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x[B,S,T,D], mask[B,S,T] -> [B,S,D] (zeros for padding sessions)."""
+    if self.input == "mean":
+      return session_summary(x, mask)
+    if self.input == "last":
+      return last_item(x, mask)
+    scores = torch.einsum("bstd,d->bst", x, self.pool_query).masked_fill(~mask, NEG)
+    w = torch.where(mask, torch.softmax(scores, dim=-1), torch.zeros_like(scores))
+    return torch.einsum("bst,bstd->bsd", w, x)
 
   def forward(self, s: torch.Tensor, session_mask: torch.Tensor) -> torch.Tensor:
     if self.mlp is not None:
@@ -165,13 +186,16 @@ class FusionGate(nn.Module):
       self.score = nn.Linear(in_dim, 1)
       self.bias = nn.Parameter(torch.zeros(num_experts))
 
-  def forward(self, h: torch.Tensor, available: torch.Tensor, target: torch.Tensor | None
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+  def forward(self, h: torch.Tensor, available: torch.Tensor, target: torch.Tensor | None,
+              prior: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``prior`` [B,E]: log-weights added to the scores before the softmax (target routing), or None."""
     if self.mode == "gate":
       z = h if target is None else torch.cat([h, target[:, None].expand(-1, h.shape[1], -1)], dim=-1)
       scores = self.score(torch.tanh(self.hidden(z)))[..., 0] + self.bias
     else:
       scores = h.new_zeros(h.shape[:2])
+    if prior is not None:
+      scores = scores + prior
     w = torch.softmax(scores.masked_fill(~available, NEG), dim=-1)
     w = torch.where(available, w, torch.zeros_like(w))
     return torch.einsum("be,beh->bh", w, h), w
@@ -180,8 +204,9 @@ class FusionGate(nn.Module):
 class MoS(nn.Module):
   """Mixture of Sequence: global, short-term and K routed theme experts, fused (docs/model.md).
 
-  Expert order in the fusion: global, short-term, theme 0..K-1 (those switched on). Theme experts are an
-  ``nn.ModuleList`` (``theme_experts.k``), run one after the other.
+  Expert order in the fusion: global, short-term, theme 0..K-1 (those switched on). Theme experts
+  (``theme_params='separate'``) are an ``nn.ModuleList`` (``theme_experts.k``), run one after the other; ``shared``:
+  one encoder ``shared_theme_expert`` runs every theme; ``global``: the global expert runs them.
   """
 
   def __init__(self, cfg: ModelConfig):
@@ -196,8 +221,10 @@ class MoS(nn.Module):
     self.global_expert = build_encoder(cfg, max_len=s * t) if cfg.use_global_expert else None
     self.short_expert = build_encoder(cfg, max_len=self.short_sessions * t) if cfg.use_short_expert else None
     self.router = Router(cfg) if cfg.use_theme_experts else None
+    theme, tp = cfg.use_theme_experts, cfg.theme_params
     self.theme_experts = (nn.ModuleList([build_encoder(cfg, max_len=self.capacity * t) for _ in range(k)])
-                          if cfg.use_theme_experts else None)
+                          if theme and tp == "separate" else None)
+    self.shared_theme_expert = build_encoder(cfg, max_len=self.capacity * t) if theme and tp == "shared" else None
     num_experts = int(cfg.use_global_expert) + int(cfg.use_short_expert) + (k if cfg.use_theme_experts else 0)
     self.fusion = FusionGate(cfg, num_experts=num_experts, in_dim=cfg.hidden_dim)
     self.head = TaskHead(cfg, in_dim=cfg.hidden_dim)
@@ -206,21 +233,28 @@ class MoS(nn.Module):
     """x[B,S,T,D], mask[B,S,T] -> (plan, weighted aux loss, routing metrics)."""
     cfg = self.cfg
     smask = mask.any(-1)
-    logits = self.router(session_summary(x, mask), smask)
+    logits = self.router(self.router.summarize(x, mask), smask)
     probs = torch.where(smask[..., None], torch.softmax(logits, dim=-1), torch.zeros_like(logits))
     expert, gate, valid = routing.top_k_choice(probs, smask, cfg.top_k)
     bal, zl = routing.balance_loss(probs, expert, smask), routing.z_loss(logits, smask)
+    ent = routing.mean_entropy(probs, smask)
+    aux = cfg.balance_loss_weight * bal + cfg.z_loss_weight * zl
+    metrics = {}
+    if cfg.router_mi_weight:  # confident per session, every theme used over the batch
+      mi_loss = ent - routing.marginal_entropy(probs, smask)
+      aux = aux + cfg.router_mi_weight * mi_loss
+      metrics["mi_loss"] = mi_loss
     keep, slot = routing.assign_slots(expert, valid, num_themes=self.num_themes, capacity=self.capacity,
                                       priority=cfg.routing_priority, drop_policy=cfg.drop_policy)
     plan = routing.RoutingPlan(expert, gate, valid, keep, slot)
     kept = (F.one_hot(expert, self.num_themes).float() * keep[..., None].float()).sum(dim=(1, 2))  # [B,K]
-    metrics = {
-      "balance_loss": bal, "z_loss": zl, "router_entropy": routing.mean_entropy(probs, smask),
+    metrics.update({
+      "balance_loss": bal, "z_loss": zl, "router_entropy": ent,
       "dropped_fraction": (valid & ~keep).sum() / torch.clamp(valid.sum(), min=1).float(),
       "theme_sessions": kept.mean(0),
       "expert_usage": kept.sum(0) / torch.clamp(kept.sum(), min=1.0),
-    }
-    return plan, cfg.balance_loss_weight * bal + cfg.z_loss_weight * zl, metrics
+    })
+    return plan, aux, metrics
 
   def forward(self, batch: Mapping[str, torch.Tensor]) -> ModelOutput:
     x, mask, target = self.embedder.embed_batch(batch)
@@ -236,16 +270,27 @@ class MoS(nn.Module):
       n = self.short_sessions
       outs.append(self.short_expert(x[:, -n:].reshape(b, n * t, d), mask[:, -n:].reshape(b, n * t), tgt))
       avail.append(smask[:, -n:].any(1, keepdim=True))
-    if self.theme_experts is not None:
+    if self.router is not None:
       k, c = self.num_themes, self.capacity
       plan, aux, metrics = self.route(x, mask)
       weights = routing.gate_weights(plan.gate, self.cfg.gate_scaling)
       buf, bmask = routing.dispatch(x, mask, plan, weights, num_themes=k, capacity=c)  # [B,K,C,T,D], [B,K,C,T]
       xs, ms = buf.reshape(b, k, c * t, d), bmask.reshape(b, k, c * t)
-      outs.extend(enc(xs[:, e], ms[:, e], tgt) for e, enc in enumerate(self.theme_experts))
+      if self.theme_experts is not None:
+        outs.extend(enc(xs[:, e], ms[:, e], tgt) for e, enc in enumerate(self.theme_experts))
+      else:  # one encoder's weights for every theme: the K subsequences are B*K rows of one call
+        enc = self.shared_theme_expert if self.shared_theme_expert is not None else self.global_expert
+        ts = None if tgt is None else tgt[:, None].expand(b, k, tgt.shape[-1]).reshape(b * k, -1)
+        outs.extend(enc(xs.reshape(b * k, c * t, d), ms.reshape(b * k, c * t), ts).reshape(b, k, -1).unbind(1))
       avail.append(bmask.any(dim=(2, 3)))
     hs = torch.stack(outs, dim=1)  # [B,E,H]
-    u, w = self.fusion(hs, torch.cat(avail, dim=1), tgt)
+    prior = None
+    if self.cfg.target_routing:  # log p(theme | candidate) on the theme experts, 0 on global / short-term
+      p_t = torch.softmax(self.router(tgt[:, None], torch.ones(b, 1, dtype=torch.bool, device=x.device))[:, 0], -1)
+      log_p = torch.log(torch.clamp(p_t, min=1e-9))
+      prior = torch.cat([log_p.new_zeros(b, hs.shape[1] - self.num_themes), log_p], dim=1)
+      metrics["target_router_entropy"] = (-(p_t * log_p).sum(-1)).mean()
+    u, w = self.fusion(hs, torch.cat(avail, dim=1), tgt, prior)
     metrics["fusion_weights"] = w.mean(0)
     return ModelOutput(self.head(u, target, self.embedder.item_table), aux, metrics)
 

@@ -1,6 +1,6 @@
 """MoS session routing and GShard top-k routing in PyTorch: the same decisions as ``mos_jax.models.routing`` and
 ``mos_jax.models.moe.gating`` (top-k with ties to the lower index, capacity, priority, drop policy, chronological
-slots, gate scaling, balance and z-losses, one-hot dispatch/combine).
+slots, gate scaling, balance, z- and mutual-information losses, one-hot dispatch/combine).
 """
 
 from __future__ import annotations
@@ -118,6 +118,14 @@ def mean_entropy(probs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
   ent = -torch.where(probs > 0, probs * torch.log(safe), torch.zeros_like(probs)).sum(-1)
   v = valid.float()
   return masked_mean((v * ent).sum(), v.sum())
+
+
+def marginal_entropy(probs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+  """Entropy (nats) of the mean routing distribution over the valid rows of ``probs`` [..., K]."""
+  v = valid.float()[..., None]
+  p = (v * probs).sum(dim=tuple(range(probs.ndim - 1))) / torch.clamp(v.sum(), min=1.0)
+  safe = torch.where(p > 0, p, torch.ones_like(p))
+  return -torch.where(p > 0, p * torch.log(safe), torch.zeros_like(p)).sum()
 
 
 class MoERouting(NamedTuple):
