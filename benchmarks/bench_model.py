@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import pathlib
 import platform
 import statistics
@@ -35,6 +34,7 @@ from flax import nnx
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
+from mos_jax.experiments.sweep import write_text_atomic  # noqa: E402
 from mos_jax.models import build_model  # noqa: E402
 from mos_jax.models.config import ModelConfig  # noqa: E402
 
@@ -269,9 +269,7 @@ def main(argv=None) -> None:
            "jax": jax.__version__, "python": platform.python_version(), "rows": rows}
     path = pathlib.Path(a.json)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(out, indent=2, default=str))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(out, indent=2, default=str))
     print(f"wrote {path}")
 
 

@@ -161,9 +161,10 @@ def main(argv: list[str] | None = None) -> None:
   out = {"args": vars(a), "command": "python benchmarks/long_memory.py " + " ".join(argv), "rows": rows}
   path = pathlib.Path(a.json)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-  tmp.write_text(json.dumps(out, indent=1))
-  tmp.replace(path)
+  sys.path.insert(0, str(ROOT))
+  from mos_jax.experiments.sweep import write_text_atomic  # noqa: PLC0415  (no jax: the parent runs nothing)
+
+  write_text_atomic(path, json.dumps(out, indent=1))
   print(f"wrote {path}")
 
 
