@@ -68,3 +68,26 @@ def test_a_folder_of_another_command_is_refused(tmp_path):
   (wd / "sweep_train.json").write_text(json.dumps({"train_cmd": "train.py --config=other.py", "train_wall_s": 1.0}))
   with pytest.raises(RuntimeError, match="holds a run of another command"):
     sweep.run_one(args, sweep.Variant("mos", []), 0, [])
+
+
+def test_compare_gap_in_sd_of_difference_and_verdict():
+  # sd of the difference = sqrt(0.03² + 0.04²) = 0.05
+  diff, z, verdict = sweep.compare((0.90, 0.03, 3), (0.80, 0.04, 3))
+  assert diff == pytest.approx(0.10) and z == pytest.approx(2.0) and verdict == "tie"  # exactly 2 sd: not beyond
+  assert sweep.compare((0.91, 0.03, 3), (0.80, 0.04, 3))[2] == "win"
+  assert sweep.compare((0.69, 0.03, 3), (0.80, 0.04, 3))[2] == "loss"
+  assert sweep.compare((0.90, 0.0, 3), (0.80, 0.0, 3))[1:] == (math.inf, "win")
+  assert sweep.compare((0.90, 0.0, 1), (0.80, 0.01, 3))[2] == "n/a"  # one seed: no spread to judge by
+
+
+def test_markdown_reference_column():
+  recs = [_record("mos", s, a, a - 0.1, 0.6) for s, a in zip((0, 1, 2), (0.80, 0.82, 0.84))]
+  recs += [_record("backbone", s, a, a - 0.2, 0.6) for s, a in zip((0, 1, 2), (0.70, 0.71, 0.72))]
+  agg = sweep.aggregate(recs, "ctr")
+  md = sweep.markdown(agg, "t", reference="backbone")
+  assert "auc vs backbone | sess-start auc vs backbone |" in md
+  # mos - backbone = 0.11 on all rows; sd of the difference sqrt(0.02² + 0.01²) = 0.02236 -> 4.9 sd
+  assert "| +0.1100 (+4.9 sd, win) | +0.2100 (+9.4 sd, win) |" in md
+  assert "| backbone | 0.7100 ± 0.0100 |" in md and md.count("| — | — |") >= 1
+  with pytest.raises(ValueError, match="no such variant"):
+    sweep.markdown(agg, "t", reference="gshard")

@@ -12,7 +12,9 @@ A finished run (its eval file exists) is not run again: re-running the command c
 
 Outputs: ``OUT/summary.json`` (every run's metrics and the aggregates) and ``OUT/summary.md`` (one table: variants,
 then the best rule of the same rows, metrics as mean ± sd over seeds on all rows and on the session-start slice,
-train examples/s, train wall time and forward FLOPs per example).
+train examples/s, train wall time and forward FLOPs per example). ``--reference NAME`` adds, for every other variant,
+its gap to NAME on the main metric (all rows and session starts) in units of the sd of the difference,
+sqrt(sd_a² + sd_b²), with the verdict of docs/results.md: beyond 2 of those sd a win or a loss, otherwise a tie.
 """
 
 from __future__ import annotations
@@ -185,6 +187,19 @@ def aggregate(records: list[dict[str, Any]], task: str) -> dict[str, Any]:
   return out
 
 
+def compare(a: tuple[float, float, int], b: tuple[float, float, int]) -> tuple[float, float, str]:
+  """Gap ``a - b`` of two (mean, sd, n) cells, that gap in units of sqrt(sd_a² + sd_b²), and the verdict.
+
+  ``win`` / ``loss`` beyond 2 units, otherwise ``tie``; ``n/a`` without two seeds on each side (no spread to judge by).
+  """
+  diff = a[0] - b[0]
+  if a[2] < 2 or b[2] < 2 or not math.isfinite(diff):
+    return diff, float("nan"), "n/a"
+  sd = math.sqrt(a[1] ** 2 + b[1] ** 2)
+  z = diff / sd if sd > 0 else math.copysign(math.inf, diff) if diff else 0.0
+  return diff, z, "win" if z > 2 else "loss" if z < -2 else "tie"
+
+
 def _fmt(ms: tuple[float, float, int], digits: int = 4) -> str:
   m, sd, n = ms
   if n == 0:
@@ -192,15 +207,25 @@ def _fmt(ms: tuple[float, float, int], digits: int = 4) -> str:
   return f"{m:.{digits}f} ± {sd:.{digits}f}" if n > 1 else f"{m:.{digits}f}"
 
 
-def markdown(agg: dict[str, Any], title: str) -> str:
+def markdown(agg: dict[str, Any], title: str, reference: str | None = None) -> str:
+  """The sweep's table; with ``reference`` (a variant name), a gap column per slice on the main metric."""
   keys = MAIN_METRICS[agg["task"]]
   cols = [f"{s}/{k}" for s in SLICES for k in keys[:2]]
+  gap_cols = [f"{s}/{keys[0]}" for s in SLICES] if reference else []
+  if reference is not None and reference not in agg["variants"]:
+    raise ValueError(f"--reference {reference!r}: no such variant (have {', '.join(agg['variants'])})")
   head = ["model"] + [c.replace("all/", "").replace("session_start/", "sess-start ") for c in cols] + \
+         [f"{c.replace('all/', '').replace('session_start/', 'sess-start ')} vs {reference}" for c in gap_cols] + \
          ["seeds", "train ex/s", "train wall s", "fwd MFLOPs/ex"]
   lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for name, row in agg["variants"].items():
     f = row["flops"][0]
-    lines.append("| " + " | ".join([name] + [_fmt(row[c]) for c in cols] + [
+    gaps = []
+    for c in gap_cols:
+      diff, z, verdict = compare(row[c], agg["variants"][reference][c])
+      gaps.append("—" if name == reference else f"{diff:+.4f} ({z:+.1f} sd, {verdict})" if math.isfinite(z)
+                  else f"{diff:+.4f} ({verdict})")
+    lines.append("| " + " | ".join([name] + [_fmt(row[c]) for c in cols] + gaps + [
         str(row[cols[0]][2]), _fmt(row["train_examples_per_s"], 0), _fmt(row["train_wall_s"], 0),
         f"{f / 1e6:.2f}" if math.isfinite(f) else "—"]) + " |")
   rule_rows = [("", agg["rules"], agg["best_rule"])] if agg.get("rules_shared", True) else [
@@ -208,7 +233,7 @@ def markdown(agg: dict[str, Any], title: str) -> str:
   for label, rows, name in rule_rows:
     if name is not None:
       lines.append("| " + " | ".join([f"best rule{label}: `{name}`"] + [_fmt(rows[name][c][:2] + (1,)) for c in cols]
-                                     + ["—"] * 4) + " |")
+                                     + ["—"] * (4 + len(gap_cols))) + " |")
   lines.append("")
   lines.append(("mean ± sample sd over seeds; rules are deterministic on the evaluation rows, which every row of "
                 "this table shares. " if agg.get("rules_shared", True) else
@@ -228,6 +253,8 @@ def main(argv: list[str]) -> int:
   p.add_argument("--split", default="test", choices=("valid", "test"))
   p.add_argument("--no-rules", dest="rules", action="store_false", help="skip the rule baselines in eval.py")
   p.add_argument("--title", default="", help="heading of the markdown table")
+  p.add_argument("--reference", default=None,
+                 help="variant to compare every other variant with (gap in sd of the difference, win/tie/loss)")
   args, shared = p.parse_known_args(argv)
   bad = [a for a in shared if not a.startswith("--config.") or "=" not in a]
   if bad:
@@ -241,6 +268,8 @@ def main(argv: list[str]) -> int:
     p.error("variant names must be unique")
   if not seeds:
     p.error("--seeds: give at least one seed")
+  if args.reference is not None and args.reference not in {v.name for v in variants}:
+    p.error(f"--reference {args.reference!r}: not one of the variants ({', '.join(v.name for v in variants)})")
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   t0 = time.perf_counter()
@@ -255,7 +284,7 @@ def main(argv: list[str]) -> int:
   task = records[0]["eval"]["task"]
   agg = aggregate(records, task)
   title = args.title or f"{args.config} ({records[0]['eval']['dataset']}, {task}, {args.split} split)"
-  md = markdown(agg, title)
+  md = markdown(agg, title, args.reference)
   cmd = "python -m mos_jax.experiments.sweep " + " ".join(repr(a) if " " in a else a for a in argv)
   total = sum(r["train_wall_s"] for r in records if math.isfinite(r["train_wall_s"]))
   md += f"\nCommand: `{cmd}`; train wall time of all runs {total / 60:.1f} min (this invocation " \
