@@ -214,8 +214,8 @@ def markdown(agg: dict[str, Any], title: str, reference: str | None = None) -> s
   gap_cols = [f"{s}/{keys[0]}" for s in SLICES] if reference else []
   if reference is not None and reference not in agg["variants"]:
     raise ValueError(f"--reference {reference!r}: no such variant (have {', '.join(agg['variants'])})")
-  head = ["model"] + [c.replace("all/", "").replace("session_start/", "sess-start ") for c in cols] + \
-         [f"{c.replace('all/', '').replace('session_start/', 'sess-start ')} vs {reference}" for c in gap_cols] + \
+  label = lambda c: c.replace("all/", "").replace("session_start/", "sess-start ")  # noqa: E731
+  head = ["model"] + [label(c) for c in cols] + [f"{label(c)} vs {reference}" for c in gap_cols] + \
          ["seeds", "train ex/s", "train wall s", "fwd MFLOPs/ex"]
   lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for name, row in agg["variants"].items():
