@@ -5,7 +5,8 @@
 
 Cases (CTR task, SASRec layers = 2, heads = 2, 10,000 items, 100 categories): plain SASRec at (L = 200, D = 64,
 B = 1024) and (L = 1024, D = 128, B = 256); MoS-SASRec at (S x T = 64 x 16, D = 128, K = 8, B = 1024). ``--quick``
-keeps the cases and shrinks every size (the table states the sizes used).
+keeps the cases and shrinks every size (the table states the sizes used); ``--batch=N`` keeps the shapes and sets every
+case's batch to N (a 2-core CPU cannot hold the B = 1024 MoS case), ``--latency_batches`` the latency batch sizes.
 
 Modes: JAX ``jit`` float32 and bfloat16 (``ModelConfig.dtype``: bf16 compute, float32 parameters) against PyTorch
 eager float32, eager + AMP bf16 (``torch.autocast``: bf16 matmuls, float32 parameters: the same dtype policy) and
@@ -230,7 +231,7 @@ def run_jax(spec: dict[str, Any]) -> dict[str, Any]:
   out["train"] = _summary(_time_calls(step, spec["warmup"], spec["steps"]), case["B"])
   if case.get("latency"):
     lat = {}
-    for n in LATENCY_BATCHES:
+    for n in spec.get("latency_batches", LATENCY_BATCHES):
       small = jax.device_put(make_batch(case, common, n, spec["seed"] + n))
       fn = jax.jit(predict).lower(state.params, state.rest, small).compile()
       lat[f"b{n}"] = _latency(_time_calls(lambda: fn(state.params, state.rest, small).block_until_ready(),
@@ -331,7 +332,7 @@ def run_torch(spec: dict[str, Any]) -> dict[str, Any]:
   if case.get("latency"):
     model.eval()
     lat = {}
-    for n in LATENCY_BATCHES:
+    for n in spec.get("latency_batches", LATENCY_BATCHES):
       small = to_dev(make_batch(case, common, n, spec["seed"] + n))
       lat[f"b{n}"] = _latency(_time_calls(lambda: infer_call(small), spec["warmup"], spec["latency_calls"]))
     out["latency"] = lat
@@ -372,6 +373,11 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--steps", type=int, default=20, help="timed calls per measurement (>= 20)")
   p.add_argument("--warmup", type=int, default=3, help="untimed calls first (compilation included)")
   p.add_argument("--latency_calls", type=int, default=200, help="calls per latency measurement (>= 200)")
+  p.add_argument("--latency_batches", default=",".join(map(str, LATENCY_BATCHES)),
+                 help="comma-separated inference batch sizes for the latency rows of the L = 1024 cases")
+  p.add_argument("--batch", type=int, default=0,
+                 help="train / inference batch of every case (0 = the case's own: the issue's shapes). On a 2-core "
+                      "CPU the issue's B = 1024 MoS case needs far more than 24 GiB; the CPU table states the B used")
   p.add_argument("--torch_compile", default="auto", choices=("auto", "on", "off"),
                  help="auto: on, except on CPU with --quick (inductor's C++ build takes minutes on 2 cores)")
   p.add_argument("--cpu_threads", type=int, default=0,
@@ -388,6 +394,12 @@ def parse_args(argv=None) -> argparse.Namespace:
       p.error(f"--steps={a.steps}: expected >= 20 (the median of at least 20 timed steps)")
     if a.latency_calls < 200:
       p.error(f"--latency_calls={a.latency_calls}: expected >= 200")
+    try:
+      a.latency_batches = tuple(int(b) for b in a.latency_batches.split(",") if b)
+    except ValueError:
+      p.error(f"--latency_batches={a.latency_batches!r}: expected comma-separated integers")
+    if a.batch < 0 or any(b < 1 for b in a.latency_batches):
+      p.error("--batch and --latency_batches: expected positive batch sizes (--batch 0 = the case's own)")
     for field, names, known in (("--cases", a.cases, CASES), ("--modes", a.modes, MODES)):
       bad = [n for n in names.split(",") if n and n not in known]
       if bad:
@@ -409,7 +421,8 @@ def _worker_env(device: str, cpu_threads: int = 0) -> dict[str, str]:
 
 def run_row(a: argparse.Namespace, case_name: str, case: dict, common: dict, mode: str, tmp: pathlib.Path) -> dict:
   spec = dict(case=case, common=common, mode=mode, device=a.device, cpu_threads=a.cpu_threads, seed=a.seed,
-              steps=a.steps, warmup=a.warmup, latency_calls=a.latency_calls)
+              steps=a.steps, warmup=a.warmup, latency_calls=a.latency_calls,
+              latency_batches=list(a.latency_batches))
   spec_path, res_path = tmp / f"{case_name}.{mode}.spec.json", tmp / f"{case_name}.{mode}.result.json"
   spec_path.write_text(json.dumps(spec))
   t0 = time.perf_counter()
@@ -544,7 +557,7 @@ def main(argv=None) -> int:
   import tempfile  # noqa: PLC0415
 
   cases_all, common = (QUICK_CASES, QUICK_COMMON) if a.quick else (CASES, COMMON)
-  cases = {n: cases_all[n] for n in a.cases.split(",") if n}
+  cases = {n: {**cases_all[n], **({"B": a.batch} if a.batch else {})} for n in a.cases.split(",") if n}
   modes = [m for m in a.modes.split(",") if m]
   use_compile = a.torch_compile == "on" or (a.torch_compile == "auto" and not (a.quick and a.device == "cpu"))
   out = pathlib.Path(a.out) if a.out else ROOT / "benchmarks" / "results" / f"compare_torch_{a.device}" \
@@ -583,7 +596,8 @@ def main(argv=None) -> int:
                              cpu_threads=a.cpu_threads, python=platform.python_version(),
                              platform=platform.platform()),
                 backend=backend, versions=versions, peak_key=key, peaks=peaks, cases=cases, common=common,
-                protocol=dict(steps=a.steps, warmup=a.warmup, latency_calls=a.latency_calls, seed=a.seed,
+                protocol=dict(steps=a.steps, warmup=a.warmup, latency_calls=a.latency_calls,
+                              latency_batches=list(a.latency_batches), seed=a.seed,
                               cpu_threads=a.cpu_threads),
                 rows=rows, speedups=speedups(measured))
   _write_atomic(out / "compare_torch.json", json.dumps(report, indent=2, default=str) + "\n")

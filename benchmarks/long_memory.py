@@ -46,6 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--remat", default="none", choices=("none", "full", "dots"))
   p.add_argument("--attention", default="xla", choices=("xla", "einsum"))
+  p.add_argument("--scan_chunk", type=int, default=32,
+                 help="Mamba4Rec: rematerialise the selective scan in chunks of this many steps (0 = off)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--max_rss_gib", type=float, default=16.0, help="watchdog: a child above this is stopped")
   p.add_argument("--timeout_s", type=float, default=240.0, help="per child")
@@ -86,6 +88,7 @@ def child(a: argparse.Namespace) -> dict[str, Any]:
   ns = argparse.Namespace(**{**vars(a), "backbone": host, "task": "ctr"})
   cfg = bench_model.model_config(name, ns)
   cfg.attention, cfg.remat = a.attention, a.remat
+  cfg.mamba4rec.scan_chunk = a.scan_chunk
   cfg.validate()
   rss0 = _rss_bytes()
   model = build_model(cfg, rngs=nnx.Rngs(a.seed))
@@ -146,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
   if bad:
     raise SystemExit(f"--runs: expected MODEL:HOST pairs, got {bad}")
   print(f"B={a.batch} S={a.sessions} T={a.session_len} (L={a.sessions * a.session_len}) D={a.dim} K={a.themes} "
-        f"dtype={a.dtype} remat={a.remat} attention={a.attention}; {platform.processor() or platform.machine()}, "
+        f"dtype={a.dtype} remat={a.remat} attention={a.attention} scan_chunk={a.scan_chunk}; {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs", flush=True)
   t0, rows = time.perf_counter(), []
   child_argv = [x for x in argv if not x.startswith("--json")]

@@ -3,7 +3,8 @@
 The session-hopping generator with 200-260 sessions of 4-16 items per user (about 2,300 events each), few users so
 that generation and preparation stay at seconds; K = 8 themes. Switches that matter at this length:
 ``--config.model.remat=dots`` (or ``full``) recomputes each encoder block's activations in the backward pass,
-``--config.model.dtype=bfloat16`` halves activation memory, ``--config.model.attention=cudnn`` picks cuDNN flash
+``--config.model.dtype=bfloat16`` halves activation memory, ``model.mamba4rec.scan_chunk`` (set to 32 here) keeps
+Mamba4Rec's selective-scan memory at O(L/c + c) steps, ``--config.model.attention=cudnn`` picks cuDNN flash
 attention on a GPU (bf16). Smoke test: ``python train.py --config=configs/long_1024.py --config.train.num_steps=2``.
 """
 
@@ -22,6 +23,7 @@ def get_config() -> Config:
   syn.sessions_per_user = (200, 260)
   syn.session_len = (4, 16)
   cfg.model.num_themes = 8  # K
+  cfg.model.mamba4rec.scan_chunk = 32  # with backbone=mamba4rec: the scan's residuals for 32 + L/32 steps, not L
   cfg.train.batch_size = 64
   cfg.train.eval_batch_size = 64  # attention scores are [B, heads, L, L] float32: 512 MiB per block here
   cfg.train.num_epochs = 2.0

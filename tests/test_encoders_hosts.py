@@ -141,6 +141,9 @@ def test_config_validation_names_the_field():
   cfg.mamba4rec.scan_impl = "fast"
   with pytest.raises(ValueError, match=r"ModelConfig.mamba4rec.scan_impl='fast'"):
     cfg.validate()
+  cfg.mamba4rec.scan_impl, cfg.mamba4rec.scan_chunk = "scan", -1
+  with pytest.raises(ValueError, match=r"ModelConfig.mamba4rec.scan_chunk=-1"):
+    cfg.validate()
   cfg = _cfg(backbone="transact")
   cfg.transact.last_k, cfg.transact.max_pool = 0, False
   with pytest.raises(ValueError, match=r"ModelConfig.transact.last_k=0"):
@@ -376,3 +379,23 @@ def test_selective_scan_gradients():
     np.testing.assert_allclose(g_scan, g_assoc, rtol=1e-5, atol=1e-5)
   check_grads(lambda u, dl, b, c: selective_scan(u, dl, args[2], b, c, args[5]), (args[0], args[1], args[3], args[4]),
               order=1, modes=["rev"], atol=5e-2, rtol=5e-2, eps=1e-2)
+
+
+def test_selective_scan_chunked_remat_is_the_same_scan():
+  """Chunks of 4 over L = 9 (a padded last chunk) and of 9 / 20 (no chunking): same y and gradients; remat in the
+  jaxpr only when the scan is really cut into chunks."""
+  args = [jnp.asarray(a) for a in _scan_inputs(13)]
+
+  def loss(chunk):
+    return lambda *a: jnp.sum(jnp.sin(selective_scan(*a, chunk=chunk)))
+
+  want_y = selective_scan(*args)
+  want_g = jax.grad(loss(0), argnums=range(6))(*args)
+  for chunk in (4, 9, 20):
+    np.testing.assert_allclose(selective_scan(*args, chunk=chunk), want_y, rtol=1e-6, atol=1e-6)
+    for g, w in zip(jax.grad(loss(chunk), argnums=range(6))(*args), want_g):
+      np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+  remat = lambda chunk: any(w in str(jax.make_jaxpr(loss(chunk))(*args)) for w in ("checkpoint", "remat"))  # noqa: E731
+  assert remat(4) and not remat(9)
+  with pytest.raises(ValueError, match="chunk=-2"):
+    selective_scan(*args, chunk=-2)

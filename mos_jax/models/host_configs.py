@@ -152,6 +152,9 @@ class Mamba4RecConfig:
   expand: int = 2  # E = expand * D
   init: str = "mamba4rec"  # mamba4rec: every Linear N(0, 0.02), dt bias 0 | mamba_ssm: the Mamba block's own init
   scan_impl: str = "scan"  # scan (lax.scan, linear) | associative (lax.associative_scan)
+  # scan only: rematerialise the scan in chunks of this many steps (0 = off), so the backward pass keeps O(L/c + c)
+  # steps of [N, E, Nst] residuals instead of O(L); same outputs and gradients, one more forward scan (selective_scan.py)
+  scan_chunk: int = 0
 
   def validate(self) -> "Mamba4RecConfig":
     for field in ("d_state", "d_conv", "expand"):
@@ -161,6 +164,8 @@ class Mamba4RecConfig:
       _bad("mamba4rec", "init", self.init, "one of ('mamba4rec', 'mamba_ssm')")
     if self.scan_impl not in ("scan", "associative"):
       _bad("mamba4rec", "scan_impl", self.scan_impl, "one of ('scan', 'associative')")
+    if self.scan_chunk < 0:
+      _bad("mamba4rec", "scan_chunk", self.scan_chunk, "0 (off) or a positive number of steps")
     return self
 
 

@@ -48,6 +48,7 @@ class MambaBlock(nnx.Module):
   def __init__(self, d: int, c: Mamba4RecConfig, *, dtype, rngs: nnx.Rngs):
     e, r, nst, k = c.expand * d, math.ceil(d / 16), c.d_state, c.d_conv
     self.dtype, self.dt_rank, self.d_state, self.d_conv, self.scan_impl = dtype, r, nst, k, c.scan_impl
+    self.scan_chunk = c.scan_chunk
     if c.init == "mamba4rec":
       lin = dict(kernel_init=nnx.initializers.normal(0.02), bias_init=nnx.initializers.zeros_init())
       dt_kernel, dt_bias = lin["kernel_init"], nnx.initializers.zeros_init()
@@ -85,7 +86,8 @@ class MambaBlock(nnx.Module):
     dbc = self.x_proj(u)
     dt, b, c = jnp.split(dbc, [self.dt_rank, self.dt_rank + self.d_state], axis=-1)
     delta = jax.nn.softplus(self.dt_proj(dt).astype(jnp.float32))
-    y = selective_scan(u, delta, -jnp.exp(self.A_log[...]), b, c, self.D[...], impl=self.scan_impl)
+    y = selective_scan(u, delta, -jnp.exp(self.A_log[...]), b, c, self.D[...], impl=self.scan_impl,
+                       chunk=self.scan_chunk)
     return self.out_proj(y.astype(self.dtype) * jax.nn.silu(z))
 
 
