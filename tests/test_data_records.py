@@ -117,7 +117,8 @@ def test_prepare_with_format_adds_the_copy_and_keeps_the_fingerprint(prepared, t
            "3", "--syn-items-per-theme", "8", "--syn-cats-per-theme", "2", "--syn-sessions-per-user", "6,9"]
   assert main(["--out", str(path), "--format", "array_record"] + flags) == 0  # same folder: the copy is added
   assert prepare_dataset(dataclasses.replace(cfg, format="array_record")) == path
-  assert len(records.ArrayRecordExamples(path, "valid", "ctr")) == len(load_prepared(path).split("valid", "ctr")["label"])
+  valid = load_prepared(path).split("valid", "ctr")
+  assert len(records.ArrayRecordExamples(path, "valid", "ctr")) == len(valid["label"])
   with pytest.raises(ValueError, match="DataConfig.format='tfrecord': expected one of"):
     prepare_dataset(dataclasses.replace(cfg, format="tfrecord"))
 

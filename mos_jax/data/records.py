@@ -88,7 +88,7 @@ def _builder_class():
         return self.source.split(split, task, seed=0, epoch=0)
 
       def _info(self):
-        sample = {k: v[:1] for k, v in self._arrays("test", "ctr").items()}
+        sample = {k: v[:1] for k, v in self._arrays("test", "next").items()}  # the keys and shapes of every split
         return tfds.core.DatasetInfo(builder=self, description="mos_jax prepared examples (docs/data.md)",
                                      features=tfds.features.FeaturesDict({k: _feature(tfds, v)
                                                                           for k, v in sample.items()}),
@@ -121,6 +121,8 @@ def write_array_record(prepared: str | os.PathLike | PreparedDataset, *, num_sha
   if out.is_dir():
     _check_fingerprint(out, ds.meta)
     return out
+  if (ds.path / FOLDER).exists():
+    raise DataError(f"{ds.path / FOLDER}: exists but holds no {BUILDER}/{VERSION} dataset; remove it and prepare again")
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{FOLDER}.tmp-", dir=ds.path))
   try:
     builder = _builder_class()(source=ds, data_dir=str(tmp), file_format="array_record")
