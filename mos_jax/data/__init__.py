@@ -7,7 +7,8 @@ from mos_jax.data.config import DataConfig, SyntheticConfig
 from mos_jax.data.iterator import make_iterator
 from mos_jax.data.build import prepare_dataset
 from mos_jax.data.prepared import PreparedDataset, load_prepared
+from mos_jax.data.records import make_record_iterator
 from mos_jax.data.readers import DataError
 
 __all__ = ["DataConfig", "SyntheticConfig", "DataError", "PreparedDataset", "load_prepared", "make_iterator",
-           "prepare_dataset"]
+           "make_record_iterator", "prepare_dataset"]

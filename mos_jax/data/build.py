@@ -26,7 +26,8 @@ from mos_jax.data.readers import DataError
 FORMAT_VERSION = 3
 # Preparing writes both tasks; data.seed only drives train negatives and order, drawn at iteration time, so runs
 # with several seeds share one prepared folder.
-_NOT_IN_FINGERPRINT = ("cache_dir", "task", "seed")
+# data.format only adds an ArrayRecord copy of the same examples (records.py), written into the same folder.
+_NOT_IN_FINGERPRINT = ("cache_dir", "task", "seed", "format")
 
 
 def fingerprint(cfg: DataConfig) -> str:
@@ -170,7 +171,16 @@ def _existing_fingerprint(out: pathlib.Path) -> str | None:
 
 
 def prepare_dataset(cfg: DataConfig, out: str | os.PathLike | None = None) -> pathlib.Path:
-  """Prepare ``cfg`` into ``out`` (default: ``cache_dir/<dataset>-<fingerprint>``) unless it is already there."""
+  """Prepare ``cfg`` into ``out`` (default: ``cache_dir/<dataset>-<fingerprint>``) unless it is already there; with
+  ``format="array_record"`` also its ArrayRecord copy (``out/array_record``, added to an existing folder)."""
+  path = _prepare_numpy(cfg, out)
+  if cfg.format == "array_record":
+    from mos_jax.data import records  # noqa: PLC0415  (needs the optional tensorflow-datasets)
+    records.write_array_record(path)
+  return path
+
+
+def _prepare_numpy(cfg: DataConfig, out: str | os.PathLike | None) -> pathlib.Path:
   cfg.validate()
   fp = fingerprint(cfg)
   out = pathlib.Path(out if out is not None else pathlib.Path(cfg.cache_dir).expanduser() / f"{cfg.dataset}-{fp}")

@@ -6,6 +6,7 @@ import dataclasses
 
 NEGATIVES = ("uniform", "popularity", "in_category", "history_matched", "matched")
 TARGET_POSITIONS = ("all", "session_start")
+FORMATS = ("numpy", "array_record")  # DataConfig.format
 SYNTHETIC_PRESETS = ("hopping", "realistic")
 
 
@@ -103,6 +104,10 @@ class DataConfig:
   columns: str = ""  # generic csv: "user=uid,item=iid,time=ts,category=cat,behavior=type"
   split_seed: int = 0  # valid/test negatives: the fixed evaluation sets, saved in the prepared folder
   seed: int = 0  # train negatives (redrawn every epoch) and train order; not part of the prepared folder
+  # numpy: the prepared .npz folder only | array_record: also an ArrayRecord copy of every split's examples
+  # (PREPARED/array_record, records.py) for data larger than RAM or many hosts. Not part of the fingerprint: both
+  # formats hold the same examples.
+  format: str = "numpy"
   synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
 
   def negatives_kind(self) -> str:
@@ -137,6 +142,8 @@ class DataConfig:
       if self.negatives_kind() != "in_category":
         bad("hard_neg_frac", f"None: it is only used by data.negatives=in_category (this run uses "
                              f"{self.negatives_kind()!r}); unset it or choose in_category")
+    if self.format not in FORMATS:
+      bad("format", f"one of {FORMATS}")
     if self.target_position not in TARGET_POSITIONS:
       bad("target_position", f"one of {TARGET_POSITIONS}")
     if self.max_train_targets_per_user < 0:

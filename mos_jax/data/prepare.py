@@ -2,6 +2,7 @@
 
     python -m mos_jax.data.prepare --dataset taobao --data-dir ../shared/data/taobao-userbehavior-head --out /tmp/tb
     python -m mos_jax.data.prepare --dataset synthetic --out /tmp/syn
+    python -m mos_jax.data.prepare --dataset synthetic --out /tmp/syn --format array_record   # + ArrayRecord copy
 """
 
 from __future__ import annotations
@@ -50,12 +51,15 @@ def main(argv: list[str] | None = None) -> int:
   cfg = DataConfig(**args, synthetic=syn)
   try:
     path = prepare_dataset(cfg, out)
-  except (DataError, ValueError) as e:
+  except (DataError, ValueError, ImportError) as e:  # ImportError: --format=array_record without tfds
     print(f"error: {e}", file=sys.stderr)
     return 2
   stats = json.loads((path / "stats.json").read_text())
   print(f"{path}: {stats['users']} users, {stats['items']} items, {stats['cats']} categories; examples (ctr) "
         f"train {stats['train_examples_ctr']}, valid {stats['valid_examples_ctr']}, test {stats['test_examples_ctr']}")
+  if cfg.format == "array_record":
+    from mos_jax.data import records  # noqa: PLC0415
+    print(f"{records.record_dir(path)}: ArrayRecord copy (tfds splits <split>_<task>)")
   return 0
 
 

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from mos_jax.data import sessions
-from mos_jax.data.build import FORMAT_VERSION, make_sampler
+from mos_jax.data.build import FORMAT_VERSION, grid_items, make_sampler
 from mos_jax.data.examples import SPLITS, opens_session
 from mos_jax.data.readers import DataError
 
@@ -99,7 +99,17 @@ class PreparedDataset:
     k = 1 + self.meta["neg_ratio"]
     if len(arrays["label"]) % k or not (arrays["label"][0::k] == 1).all():
       raise ValueError(f"epoch_fields: arrays are not CTR rows of one positive + {k - 1} negatives")
-    pos, items = arrays["target_item"][0::k], arrays["items"][0::k]
+    return self._epoch_fields(arrays["target_item"][0::k], arrays["items"][0::k], seed)
+
+  def train_epoch_fields(self, *, seed: int) -> Callable[[int], dict[str, np.ndarray]]:
+    """``epoch_fields`` of the train CTR rows without building them: only the positives' item grids are packed
+    (for the ArrayRecord path, whose rows are read from disk)."""
+    ev, S, T = self.events, self.meta["num_sessions"], self.meta["session_len"]
+    g = self.targets["train_target"]
+    items = grid_items(self._sess, self._user_start, ev["user"], ev["item"], g, S, T)
+    return self._epoch_fields(ev["item"][g].astype(np.int32), items, seed)
+
+  def _epoch_fields(self, pos: np.ndarray, items: np.ndarray, seed: int) -> Callable[[int], dict[str, np.ndarray]]:
     item_cat = self.events["item_cat"]
 
     def fields(epoch: int) -> dict[str, np.ndarray]:
