@@ -18,8 +18,17 @@ import subprocess
 import sys
 from typing import NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from mos_jax.models import ModelConfig, MoEConfig, build_model, expert_sharding, routing
+from mos_jax.training import optimizer, sharding, step as step_lib
+from mos_jax.training.config import TrainConfig
+from mos_jax.training.parallel import Executor
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 B, S, T, K, STEPS = 6, 4, 4, 4, 3  # B / 2 = 3 rows and K / 2 = 2 experts per device: distinct sizes in the HLO
@@ -30,13 +39,11 @@ DATA_GROUPS = [(0, 2), (1, 3)]
 COMBINE = {"mos": "be,beh->bh", "gshard": "bec,ech->bh"}  # the einsum that sums the experts' outputs per row
 
 
-def model_configs():
-  from mos_jax.models import ModelConfig, MoEConfig  # noqa: PLC0415
-
+def model_configs() -> dict[str, ModelConfig]:
   mos = ModelConfig(name="mos", backbone="sasrec", task="ctr", num_items=20, num_cats=5, num_sessions=S,
                     session_len=T, embed_dim=8, hidden_dim=8, num_layers=1, num_heads=HEADS, dropout=0.0,
-                    num_themes=K, use_global_expert=False, use_short_expert=False,  # theme experts only: compiles
-                    balance_loss_weight=0.1, z_loss_weight=0.01)  # in half the time, the same expert-parallel part
+                    num_themes=K, balance_loss_weight=0.1, z_loss_weight=0.01,
+                    use_global_expert=False, use_short_expert=False)  # theme experts only: half the compile time
   # GShard capacity C = ceil(cf * k * B / E) = B with cf = E / k: no example is dropped, as in test_train_parallel.
   gshard = dataclasses.replace(mos, name="gshard", moe=MoEConfig(num_experts=K, top_k=1, capacity_factor=float(K)))
   return {"mos": mos, "gshard": gshard}
@@ -60,16 +67,8 @@ def batches() -> list[dict[str, np.ndarray]]:
 # ---------------------------------------------------------------------------------------------------- child process
 
 
-def _train(cfg, n_devices: int) -> tuple[list[float], dict[str, np.ndarray], str | None]:
+def _train(cfg: ModelConfig, n_devices: int) -> tuple[list[float], dict[str, np.ndarray], str | None]:
   """3 steps on the first ``n_devices`` devices (mesh expert = 2 when 4): losses, parameters, the step's HLO text."""
-  import jax  # noqa: PLC0415
-  from flax import nnx  # noqa: PLC0415
-
-  from mos_jax.models import build_model  # noqa: PLC0415
-  from mos_jax.training import optimizer, sharding, step as step_lib  # noqa: PLC0415
-  from mos_jax.training.config import TrainConfig  # noqa: PLC0415
-  from mos_jax.training.parallel import Executor  # noqa: PLC0415
-
   # eps=1e-3: Adam would otherwise turn float noise in near-zero gradients into full-size updates of opposite signs.
   tcfg = TrainConfig(batch_size=B, eval_batch_size=B, learning_rate=1e-2, warmup_steps=1, eps=1e-3,
                      mesh_expert=2 if n_devices == 4 else 1)
@@ -93,8 +92,6 @@ def _train(cfg, n_devices: int) -> tuple[list[float], dict[str, np.ndarray], str
 
 
 def child(out: pathlib.Path) -> None:
-  import jax  # noqa: PLC0415
-
   assert jax.device_count() == 4, jax.devices()
   cache = os.environ.get("MOS_JAX_COMPILATION_CACHE")  # set by run4 to conftest.py's persistent cache
   if cache:
@@ -194,14 +191,6 @@ def test_replica_groups_in_every_printed_form():
 def test_hints_only_under_a_mesh_with_an_expert_axis():
   """``constrain`` returns its input itself (nothing traced) with no mesh, an expert axis of 1 or under pmap; under
   the 2 forced devices as (data 1, expert 2) it adds the constraint, leaving a dimension that does not divide."""
-  import jax  # noqa: PLC0415
-  import jax.numpy as jnp  # noqa: PLC0415
-  from jax.sharding import PartitionSpec as P  # noqa: PLC0415
-
-  from mos_jax.models import expert_sharding  # noqa: PLC0415
-  from mos_jax.training import sharding, step as step_lib  # noqa: PLC0415
-  from mos_jax.training.config import TrainConfig  # noqa: PLC0415
-
   if jax.device_count() < 2:
     pytest.skip("needs the 2 CPU devices tests/conftest.py forces")
   assert (expert_sharding.DATA, expert_sharding.EXPERT) == (sharding.DATA, sharding.EXPERT)  # one set of names
@@ -225,7 +214,6 @@ def test_hints_only_under_a_mesh_with_an_expert_axis():
 def run4(tmp_path_factory) -> pathlib.Path:
   """The child process's outputs (one JAX start-up and two compiles per model for every test here)."""
   out = tmp_path_factory.mktemp("expert_parallel")
-  import jax  # noqa: PLC0415
 
   # LLVM optimisation level 0: the child compiles in ~60% of the CPU time; the HLO passes (SPMD partitioning, the
   # collectives read here) are the same, and both runs compared share the flag.
@@ -253,8 +241,6 @@ def test_expert_axis_collective_combines_the_experts(run4, name):
 def test_each_device_runs_half_the_experts_on_half_the_rows(run4, name):
   """The stacked experts' attention scores [experts, rows, heads, L, L] (a vmap over experts of SASRec's
   ``BTNH,BSNH->BNTS``): K / 2 experts per device, on B / 2 rows (MoS) or C / 2 = B / 2 slots (GShard, C = B)."""
-  from mos_jax.models import routing  # noqa: PLC0415
-
   cfg = model_configs()[name]
   # MoS: a theme expert reads its C sessions of T items; GShard: an expert reads the whole S * T sequence.
   length = T * (routing.capacity(S, K, cfg.top_k, cfg.capacity_factor, cfg.capacity_multiple) if name == "mos" else S)
