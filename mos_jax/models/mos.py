@@ -20,11 +20,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mos_jax.models import routing
+from mos_jax.models import expert_sharding, routing
 from mos_jax.models.config import ModelConfig
 from mos_jax.models.dispatch import dispatch
 from mos_jax.models.embedding import Embedder
 from mos_jax.models.encoders import apply_stacked_encoders, build_encoder, build_stacked_encoders
+from mos_jax.models.expert_sharding import DATA, EXPERT
 from mos_jax.models.heads import TaskHead
 from mos_jax.models.outputs import ModelOutput
 from mos_jax.models.router import NEG, Router
@@ -161,11 +162,17 @@ class MoS(nnx.Module):
       weights = routing.gate_weights(plan.gate, self.gate_scaling)
       buf, bmask = dispatch(x, mask, plan, num_themes=k, capacity=c, weights=weights,
                             method=self.dispatch_method)  # [B,K,C,T,D], [B,K,C,T]
+      # Expert parallelism (a no-op without an expert mesh axis): buffers split (data, expert), so each device
+      # builds and encodes only its own themes' buffers for its own rows (expert_sharding.py).
+      buf, bmask = (expert_sharding.constrain(a, (DATA, EXPERT)) for a in (buf, bmask))
       xs = jnp.swapaxes(buf.reshape(b, k, c * t, d), 0, 1)  # [K,B,C*T,D]: one batched call over themes
       ms = jnp.swapaxes(bmask.reshape(b, k, c * t), 0, 1)
       ts = None if tgt is None else jnp.broadcast_to(tgt[None], (k,) + tgt.shape)
       if self.theme_params == "separate":
+        xs, ms = (expert_sharding.constrain(a, (EXPERT, DATA)) for a in (xs, ms))
+        ts = None if ts is None else expert_sharding.constrain(ts, (EXPERT, DATA))
         h = apply_stacked_encoders(self.theme_experts, xs, ms, ts, deterministic=deterministic)  # [K,B,H]
+        h = expert_sharding.constrain(h, (EXPERT, DATA))  # the fusion sums a row's themes across the expert axis
       else:  # one encoder's weights for every theme: the K subsequences are K*B rows of one call
         enc = self.shared_theme_expert if self.theme_params == "shared" else self.global_expert
         h = enc(xs.reshape(k * b, c * t, d), ms.reshape(k * b, c * t),

@@ -53,7 +53,7 @@ class Executor:
       self._batch_sharding = sharding_lib.batch_sharding(self.mesh)
       replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
       self._step = step_lib.jit_train_step(body, self.state_shardings, replicated)
-      self._predict = jax.jit(predict)
+      self._predict = jax.jit(step_lib.with_mesh(predict, self.mesh))
     else:
       if cfg.embedding_sharding != "none":
         raise ValueError(f"config.train.embedding_sharding={cfg.embedding_sharding!r} needs parallelism='mesh' (pmap "

@@ -3,7 +3,8 @@
 Two compiled forms of the same step:
 
 * ``jit_train_step``: ``jax.jit`` with donated state on a ``(data, expert)`` mesh (shardings come from the arguments;
-  the state keeps its shardings through ``out_shardings``).
+  the state keeps its shardings through ``out_shardings``), traced under that mesh (``with_mesh``) so the models'
+  expert-parallel hints (``models.expert_sharding``) apply.
 * ``pmap_train_step``: ``jax.pmap`` over the ``data`` axis on replicated state. The weighted loss is summed across
   devices before dividing and the gradients are summed; the models compute their auxiliary-loss statistics (balance
   loss, z-loss, DSelect-k regularisers) over the global batch (``models.set_batch_axis``), so the loss and update
@@ -166,9 +167,25 @@ def make_pmap_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sch
   return step
 
 
-def jit_train_step(step: Callable, state_shardings: Any, replicated: jax.sharding.Sharding) -> Callable:
-  """``jax.jit`` with the state donated; its shardings are kept on output, metrics are replicated."""
-  return jax.jit(step, donate_argnums=0, out_shardings=(state_shardings, replicated))
+def with_mesh(fn: Callable, mesh: jax.sharding.Mesh) -> Callable:
+  """``fn`` traced under ``mesh``'s abstract mesh, so the models' expert-parallel hints (``models.expert_sharding``)
+  see its ``expert`` axis.
+
+  Set inside the traced function rather than around each call (``jax.set_mesh``): the compiled function carries it
+  for every caller, ``.lower()`` included, and nothing global is changed.
+  """
+
+  def traced(*args):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return fn(*args)
+
+  return traced
+
+
+def jit_train_step(step: Callable, state_shardings: Any, replicated: jax.sharding.NamedSharding) -> Callable:
+  """``jax.jit`` with the state donated, traced under ``replicated``'s mesh (``with_mesh``); the state keeps its
+  shardings on output, metrics are replicated."""
+  return jax.jit(with_mesh(step, replicated.mesh), donate_argnums=0, out_shardings=(state_shardings, replicated))
 
 
 def pmap_train_step(step: Callable, axis: str = "data", devices: list[jax.Device] | None = None) -> Callable:

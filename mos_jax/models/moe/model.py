@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mos_jax.models import routing
+from mos_jax.models import expert_sharding, routing
 from mos_jax.models.config import MOE_MODELS, ModelConfig
 from mos_jax.models.embedding import Embedder
 from mos_jax.models.encoders import apply_stacked_encoders, build_stacked_encoders
@@ -38,6 +38,11 @@ def routing_features(x: jax.Array, mask: jax.Array, target: jax.Array | None) ->
   """Router input per example: masked mean of x[B,L,D] (zeros when empty), then the target (CTR) -> float32 [B,R]."""
   mean = session_summary(x[:, None], mask[:, None])[:, 0]  # the whole sequence as one session: [B,D]
   return mean if target is None else jnp.concatenate([mean, target.astype(_F32)], axis=-1)
+
+
+def _split(a: jax.Array) -> jax.Array:
+  """[E, C or B, ...] split over (expert, data) under an expert-parallel mesh; ``a`` itself otherwise."""
+  return expert_sharding.constrain(a, (expert_sharding.EXPERT, expert_sharding.DATA))
 
 
 class MoEModel(nnx.Module):
@@ -121,9 +126,11 @@ class MoEModel(nnx.Module):
   def _sparse(self, x, mask, target, feats, valid, deterministic):
     r = self.route(feats, valid, deterministic)
     send, gather_back = dispatch_lib.DISPATCHERS[self.dispatch]
-    xe, me = send(x, r), send(mask, r)  # [E,C,L,D], [E,C,L]
-    te = None if target is None else send(target, r)  # [E,C,D]
-    h = apply_stacked_encoders(self.experts, xe, me, te, deterministic=deterministic)  # [E,C,H]
+    # Expert parallelism (a no-op without an expert mesh axis): slots split (expert, data), so each device encodes
+    # only its experts' share of the slots (expert_sharding.py).
+    xe, me = _split(send(x, r)), _split(send(mask, r))  # [E,C,L,D], [E,C,L]
+    te = None if target is None else _split(send(target, r))  # [E,C,D]
+    h = _split(apply_stacked_encoders(self.experts, xe, me, te, deterministic=deterministic))  # [E,C,H]
     u = gather_back(h, r)  # [B,H] float32, gate-weighted
     m = r.metrics
     aux = self.z_weight * m["z_loss"]
@@ -134,9 +141,9 @@ class MoEModel(nnx.Module):
   def _dense(self, x, mask, target, feats, valid, deterministic):
     w, regs = self.dselect_weights(feats)  # [B,E]
     e = self.num_experts
-    rep = lambda a: jnp.broadcast_to(a[None], (e,) + a.shape)  # noqa: E731  every expert sees every example
-    h = apply_stacked_encoders(self.experts, rep(x), rep(mask), None if target is None else rep(target),
-                               deterministic=deterministic)  # [E,B,H]
+    rep = lambda a: _split(jnp.broadcast_to(a[None], (e,) + a.shape))  # noqa: E731  every expert, every example
+    h = _split(apply_stacked_encoders(self.experts, rep(x), rep(mask), None if target is None else rep(target),
+                                      deterministic=deterministic))  # [E,B,H]
     u = jnp.einsum("be,ebh->bh", w, h.astype(_F32), precision=jax.lax.Precision.HIGHEST)  # [B,H]
     # Unreachable-code penalty with weight 1 as in the reference implementation; exactly 0 when E is a power of 2.
     aux = self.entropy_weight * regs["selector_entropy"] + regs["unreachable_penalty"]
