@@ -403,7 +403,7 @@ def run_point(name: str, spec: dict[str, Any], a: argparse.Namespace) -> dict[st
   return dict(name=name, spec=spec, wall_s=time.perf_counter() - t0, **json.loads(lines[-1]))
 
 
-def cpu_device(efficiency: float, cores: int = 1) -> Device:
+def cpu_device(efficiency: float, cores: int = 1) -> Device:  # measures the bandwidth: call once
   """This machine's CPU (``cores`` pinned): compare_torch.cpu_peak's estimate with one calibrated efficiency."""
   peak = cpu_peak(cores)
   mem = pathlib.Path("/proc/meminfo").read_text() if pathlib.Path("/proc/meminfo").exists() else ""
@@ -422,6 +422,20 @@ def cpu_prediction(row: dict[str, Any], dev: Device, runtime_bytes: float) -> di
   # Activations: XLA's temp buffers less the gradients that live among them.
   mem = memory_per_device(p, Mesh(), activations=max(x["temp"] - F32 * p.total, 0.0), runtime=runtime_bytes)
   return dict(time=t, memory=mem, params=p.total, train_flops=train_flops(cfg, row["spec"]["B"]))
+
+
+def fit_check(row: dict[str, Any], b0: int = 2, b1: int = 4) -> dict[str, float]:
+  """XLA bytes and temp of a measured point extrapolated linearly from shape-only compiles at ``b0``, ``b1``, over
+  the compiled step's own (the full-scale predictions rest on this extrapolation)."""
+  cfg = model_config(row["spec"], POINT_COMMON)
+  c0, c1 = abstract_step_costs(cfg, b0, POINT_COMMON), abstract_step_costs(cfg, b1, POINT_COMMON)
+  b = row["spec"]["B"]
+  out = {}
+  for key in ("bytes", "temp"):
+    fixed, per = linear_fit(b0, c0[key], b1, c1[key])
+    out[f"{key}_extrapolated"] = fixed + per * b
+    out[f"{key}_ratio"] = out[f"{key}_extrapolated"] / row["xla"][key]
+  return out
 
 
 # ----------------------------------------------------------------------------------------------- full scale
@@ -515,6 +529,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--points", default="", help="comma-separated subset of the CPU points (default: all)")
   p.add_argument("--no-measure", dest="measure", action="store_false", help="skip the CPU points")
   p.add_argument("--no-full", dest="full", action="store_false", help="skip the full-scale predictions")
+  p.add_argument("--fit_check", action="store_true",
+                 help="also extrapolate each CPU point's XLA bytes / temp from B = 2, 4 (the full-scale method)")
   p.add_argument("--steps", type=int, default=7, help="timed steps per CPU point (median)")
   p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
   p.add_argument("--core", type=int, default=-1, help="CPU core the points are pinned to (-1: the last one)")
@@ -550,36 +566,48 @@ def main(argv=None) -> int:
       cpu=_cpu_name(), cpus=os.cpu_count(), pinned_core=a.core, python=platform.python_version(),
       load_average=os.getloadavg()), accelerator_efficiency=ACCEL_EFFICIENCY, links=LINKS)
   if a.measure:
+    # The calibration point runs first and (unless --quick) again last: the machine is shared, so its load drifts.
     print(f"calibration point {cal_name} (pinned to core {a.core})", flush=True)
-    cal = run_point(cal_name, cal_spec, a)
-    if "error" in cal:
-      raise SystemExit(f"calibration point failed: {cal['error']}")
-    ideal = cpu_device(1.0)
-    cfg = model_config(cal_spec, POINT_COMMON)
-    floor = step_time(train_flops(cfg, cal_spec["B"]), cal["xla"]["bytes"], 0.0, ideal)["step_s"]
-    efficiency = floor / cal["step_s"]
-    runtime = cal["peak_rss_bytes"] - memory_per_device(param_counts(cfg), Mesh(), max(
-        cal["xla"]["temp"] - F32 * param_counts(cfg).total, 0.0))["total"]
-    dev = cpu_device(efficiency)
-    report["calibration"] = dict(point=cal, efficiency=efficiency, runtime_bytes=runtime, roofline_floor_s=floor)
-    report["cpu_device"] = dataclasses.asdict(dev)
-    print(f"  efficiency {efficiency:.4f} (floor {1e3 * floor:.2f} ms / measured {1e3 * cal['step_s']:.1f} ms), "
-          f"runtime memory {runtime / 2**20:.0f} MiB", flush=True)
+    cals = [run_point(cal_name, cal_spec, a)]
     rows = []
     for name, spec in points.items():
-      r = run_point(name, spec, a)
+      rows.append(run_point(name, spec, a))
+      r = rows[-1]
+      print(f"  {name}: " + (r.get("error") or f"step {1e3 * r['step_s']:.1f} ms, peak {r['peak_rss_bytes'] / 2**20:.0f} "
+                              "MiB"), flush=True)
+    if not a.quick:
+      cals.append(run_point(cal_name, cal_spec, a))
+    failed = [c["error"] for c in cals if "error" in c]
+    if failed:
+      raise SystemExit(f"calibration point failed: {failed[0]}")
+    dev = cpu_device(1.0)  # peak and bandwidth measured once, here
+    cfg = model_config(cal_spec, POINT_COMMON)
+    floor = step_time(train_flops(cfg, cal_spec["B"]), cals[0]["xla"]["bytes"], 0.0, dev)["step_s"]
+    measured = statistics.mean(c["step_s"] for c in cals)
+    efficiency = floor / measured
+    pc = param_counts(cfg)
+    runtime = statistics.mean(c["peak_rss_bytes"] for c in cals) - memory_per_device(
+        pc, Mesh(), max(cals[0]["xla"]["temp"] - F32 * pc.total, 0.0))["total"]
+    dev = dataclasses.replace(dev, compute_efficiency=efficiency, memory_efficiency=efficiency)
+    report["calibration"] = dict(points=cals, efficiency=efficiency, runtime_bytes=runtime, roofline_floor_s=floor,
+                                 measured_s=measured)
+    report["cpu_device"] = dataclasses.asdict(dev)
+    runs = " and ".join(f"{1e3 * c['step_s']:.1f}" for c in cals)
+    print(f"calibration: efficiency {efficiency:.4f} (roofline floor {1e3 * floor:.2f} ms / measured {runs} ms), "
+          f"runtime memory {runtime / 2**20:.0f} MiB", flush=True)
+    for r in rows:
       if "error" not in r:
         r["predicted"] = cpu_prediction(r, dev, runtime)
         r["time_ratio"] = r["predicted"]["time"]["step_s"] / r["step_s"]
         r["memory_ratio"] = r["predicted"]["memory"]["total"] / r["peak_rss_bytes"]
-        print(f"  {name}: step {1e3 * r['step_s']:.1f} ms (predicted {1e3 * r['predicted']['time']['step_s']:.1f}, "
-              f"x{r['time_ratio']:.2f}), peak {r['peak_rss_bytes'] / 2**20:.0f} MiB (x{r['memory_ratio']:.2f})",
-              flush=True)
-      else:
-        print(f"  {name}: FAILED {r['error']}", flush=True)
-      rows.append(r)
+    if a.fit_check:  # the full-scale method on the measured points: extrapolate from B = 2, 4 to their batch
+      for r in rows:
+        if "error" not in r:
+          r["fit_check"] = fit_check(r)
+          print(f"  {r['name']}: extrapolated / compiled at B = {r['spec']['B']}: bytes "
+                f"{r['fit_check']['bytes_ratio']:.3f}, temp {r['fit_check']['temp_ratio']:.3f}", flush=True)
     report["cpu_points"] = rows
-    report["machine"]["jax"] = cal.get("jax")
+    report["machine"]["jax"] = cals[0].get("jax")
     print("\nCPU: predicted vs measured (one core, float32)\n" + cpu_table(rows), flush=True)
   if a.full:
     print("\nfull-scale Taobao UserBehavior (shape-only compiles on this CPU)", flush=True)

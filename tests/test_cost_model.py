@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import pathlib
+import sys
 
 import pytest
 
@@ -11,6 +12,7 @@ from mos_jax.models.flops import count_flops
 PATH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "cost_model.py"
 spec = importlib.util.spec_from_file_location("cost_model", PATH)
 cm = importlib.util.module_from_spec(spec)
+sys.modules["cost_model"] = cm  # its dataclasses look their module up while the class is built
 spec.loader.exec_module(cm)
 
 TOY = cm.Device(name="toy", peak_flops=1e12, hbm_bandwidth=1e10, link_bandwidth=1e9, memory_bytes=1e9,
