@@ -1,16 +1,16 @@
 """A cost model you can check: predicted step time and per-device memory, next to measurements where possible.
 
   python benchmarks/cost_model.py                 # CPU points (1 core each), then the full-scale Taobao predictions
-  python benchmarks/cost_model.py --quick         # tiny shapes everywhere: a smoke run for the test (< 30 s)
+  python benchmarks/cost_model.py --quick         # tiny shapes everywhere: a smoke run (tests/test_cost_model.py)
 
 Prediction for one train step (forward + backward + AdamW, ``bench_model.train_step_fn``) on one device of a mesh:
 
 * compute  = FLOPs / (peak FLOP/s x compute efficiency); FLOPs = 3 x ``count_flops(cfg)['executed']`` x local batch
   (train = 3 x forward, the usual convention);
 * memory   = bytes moved / (HBM bandwidth x memory efficiency); bytes = XLA's cost analysis ("bytes accessed") of the
-  compiled step. Full-scale configurations are compiled here shape-only (``nnx.eval_shape``, nothing allocated) at two
-  small batches, and bytes (and XLA's temp memory) are extrapolated linearly in the batch: a per-example part and a
-  fixed part (the optimizer update, scaled by the share of parameters a device holds);
+  compiled step. Full-scale configurations are compiled here shape-only (``nnx.eval_shape``, nothing allocated) at
+  each per-device batch they need; the fixed part of the bytes (the optimizer update, from a linear fit over those
+  batches) is scaled by the share of the parameters a device holds;
 * collectives = bytes each device sends / (link bandwidth x link efficiency): the data-parallel all-reduce of the
   replicated parameters' gradients (ring: 2 (n-1)/n x bytes), the expert-axis all-to-all of the dispatched buffers
   ``[B, K, C, T, D]`` (forward and backward: 2 (n-1)/n x bytes) and the collectives XLA inserts for a row-sharded
@@ -21,7 +21,7 @@ Prediction for one train step (forward + backward + AdamW, ``bench_model.train_s
 
 Per-device memory = parameters + AdamW moments (2) + gradients, split into the embedding tables and the rest with the
 mesh's sharding (``training.sharding`` rules: expert stacks over ``expert``, tables over ``data`` or ``model``), plus
-activations (XLA's memory analysis: temp bytes minus gradients; extrapolated in the batch at full scale), plus on CPU
+activations (XLA's memory analysis: temp bytes minus gradients), plus on CPU
 the runtime (Python, JAX, the compiler), calibrated as below.
 
 Devices: peak FLOP/s and HBM bandwidth from ``compare_torch.PEAKS`` (H100 SXM, H200, TPU v5e; sources there) plus
@@ -134,6 +134,12 @@ class Mesh:
   expert: int = 1
   model: int = 1
   embedding: str = "none"  # none | data | model
+
+  def __post_init__(self):
+    if self.embedding not in ("none", "data", "model"):
+      raise ValueError(f"Mesh.embedding={self.embedding!r}: expected none, data or model")
+    if min(self.data, self.expert, self.model) < 1:
+      raise ValueError(f"Mesh sizes (data, expert, model) = {(self.data, self.expert, self.model)}: expected >= 1")
 
   @property
   def devices(self) -> int:
@@ -381,9 +387,10 @@ def measure_child(spec: dict[str, Any], common: dict[str, Any], steps: int, warm
     loss.block_until_ready()
     if i >= warmup:
       times.append(time.perf_counter() - t0)
+  step_peak = 1024 * _status_kib("VmHWM")
   return dict(xla=xla_costs(compiled), step_s=statistics.median(times), step_times_s=times, compile_s=compile_s,
-              peak_rss_bytes=1024 * _status_kib("VmHWM"), process_peak_rss_bytes=max(process_peak, 1024 * _status_kib(
-                  "VmHWM")), loss=float(loss), jax=jax.__version__)
+              peak_rss_bytes=step_peak, process_peak_rss_bytes=max(process_peak, step_peak), loss=float(loss),
+              jax=jax.__version__)
 
 
 def run_point(name: str, spec: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]:
@@ -424,20 +431,6 @@ def cpu_prediction(row: dict[str, Any], dev: Device, runtime_bytes: float) -> di
   return dict(time=t, memory=mem, params=p.total, train_flops=train_flops(cfg, row["spec"]["B"]))
 
 
-def fit_check(row: dict[str, Any], b0: int = 2, b1: int = 4) -> dict[str, float]:
-  """XLA bytes and temp of a measured point extrapolated linearly from shape-only compiles at ``b0``, ``b1``, over
-  the compiled step's own (the full-scale predictions rest on this extrapolation)."""
-  cfg = model_config(row["spec"], POINT_COMMON)
-  c0, c1 = abstract_step_costs(cfg, b0, POINT_COMMON), abstract_step_costs(cfg, b1, POINT_COMMON)
-  b = row["spec"]["B"]
-  out = {}
-  for key in ("bytes", "temp"):
-    fixed, per = linear_fit(b0, c0[key], b1, c1[key])
-    out[f"{key}_extrapolated"] = fixed + per * b
-    out[f"{key}_ratio"] = out[f"{key}_extrapolated"] / row["xla"][key]
-  return out
-
-
 # ----------------------------------------------------------------------------------------------- full scale
 
 
@@ -449,47 +442,49 @@ def full_scale(a: argparse.Namespace) -> dict[str, Any]:
   if a.quick:
     common.update(num_items=5000, num_cats=50)
   examples = epoch_examples()
-  b0, b1 = (2, 4)
-  out: dict[str, Any] = dict(model=spec, common=common, epoch_examples=examples, profile_batches=[b0, b1], rows=[])
+  plan = [(target, key, n, gb, layout, mesh) for target, (key, n, gb) in TARGETS.items()
+          for layout, mesh in layouts(n).items()]
+  # Compiled shape-only at each per-device batch the layouts need (compile time hardly depends on the batch); two
+  # batches at least, to split XLA's bytes into a per-example part and a fixed part (the optimizer update).
+  batches = sorted({gb // mesh.data for *_, gb, _, mesh in plan})
+  if len(batches) == 1:
+    batches.insert(0, max(batches[0] // 2, 1))
+  out: dict[str, Any] = dict(model=spec, common=common, epoch_examples=examples, profile_batches=batches, rows=[])
   for name in ("backbone",) if a.quick else ("mos", "backbone"):  # MoS compiles take minutes on 2 busy cores
     cfg = model_config(dict(spec, model=name), common)
     p = param_counts(cfg)
     t0 = time.perf_counter()
-    c0, c1 = abstract_step_costs(cfg, b0, common), abstract_step_costs(cfg, b1, common)
-    fixed_bytes, bytes_per_ex = linear_fit(b0, c0["bytes"], b1, c1["bytes"])
-    fixed_temp, temp_per_ex = linear_fit(b0, c0["temp"], b1, c1["temp"])
-    print(f"  profiled {name}: {time.perf_counter() - t0:.0f} s (bytes {bytes_per_ex / 1e6:.1f} MB/example, temp "
-          f"{temp_per_ex / 1e6:.1f} MB/example)", flush=True)
-    profile = dict(params=dataclasses.asdict(p), fixed_bytes=fixed_bytes, bytes_per_example=bytes_per_ex,
-                   fixed_temp=fixed_temp, temp_per_example=temp_per_ex, xla_b0=c0, xla_b1=c1,
-                   fwd_flops_per_example=train_flops(cfg, 1024) / 3 / 1024)
-    for target, (key, n, global_batch) in TARGETS.items():
+    costs = {b: abstract_step_costs(cfg, b, common) for b in batches}
+    fixed_bytes, bytes_per_ex = linear_fit(batches[0], costs[batches[0]]["bytes"], batches[-1],
+                                           costs[batches[-1]]["bytes"])
+    print(f"  compiled {name} at B = {batches}: {time.perf_counter() - t0:.0f} s (bytes {bytes_per_ex / 1e6:.1f} "
+          f"MB/example + {fixed_bytes / 1e9:.1f} GB fixed)", flush=True)
+    out.setdefault("profiles", {})[name] = dict(
+        params=dataclasses.asdict(p), fixed_bytes=fixed_bytes, bytes_per_example=bytes_per_ex,
+        xla={str(b): c for b, c in costs.items()}, fwd_flops_per_example=train_flops(cfg, 1024) / 3 / 1024)
+    for target, key, n, global_batch, layout, mesh in plan:
       dev = accelerator(key, spec["dtype"])
-      for layout, mesh in layouts(n).items():
-        b_loc = global_batch // mesh.data
-        loc = local_params(p, mesh)
-        share = (loc["dense"] + loc["expert"] + loc["tables"]) / p.total  # of the optimizer's fixed traffic
-        flops = train_flops(cfg, global_batch) / global_batch * b_loc
-        moved = fixed_bytes * share + bytes_per_ex * b_loc
-        coll = collective_volume(p, mesh, global_batch, cfg.num_sessions * cfg.session_len + 1,
-                                 dispatched_elements(cfg), act_bytes=2 if spec["dtype"] == "bfloat16" else F32)
-        t = step_time(flops, moved, coll["total"], dev)
-        mem = memory_per_device(p, mesh, activations=temp_per_ex * b_loc)
-        steps = math.ceil(examples / global_batch)
-        out["rows"].append(dict(model=name, target=target, device=key, devices=n, layout=layout,
-                                mesh=dataclasses.asdict(mesh), global_batch=global_batch, local_batch=b_loc,
-                                flops=flops, bytes=moved, collectives=coll, time=t, memory=mem,
-                                fits=mem["total"] <= 0.9 * dev.memory_bytes, device_memory=dev.memory_bytes,
-                                steps_per_epoch=steps, epoch_s=steps * t["step_s"]))
-    out.setdefault("profiles", {})[name] = profile
+      b_loc = global_batch // mesh.data
+      c = costs[b_loc]
+      loc = local_params(p, mesh)
+      share = (loc["dense"] + loc["expert"] + loc["tables"]) / p.total  # of the optimizer's fixed traffic
+      flops = train_flops(cfg, global_batch) / global_batch * b_loc
+      moved = c["bytes"] - fixed_bytes * (1 - share)
+      coll = collective_volume(p, mesh, global_batch, cfg.num_sessions * cfg.session_len + 1,
+                               dispatched_elements(cfg), act_bytes=2 if spec["dtype"] == "bfloat16" else F32)
+      t = step_time(flops, moved, coll["total"], dev)
+      # Activations: XLA's temp buffers at this batch less the (single-device, unsharded) gradients among them.
+      mem = memory_per_device(p, mesh, activations=max(c["temp"] - F32 * p.total, 0.0))
+      steps = math.ceil(examples / global_batch)
+      out["rows"].append(dict(model=name, target=target, device=key, devices=n, layout=layout,
+                              mesh=dataclasses.asdict(mesh), global_batch=global_batch, local_batch=b_loc,
+                              flops=flops, bytes=moved, collectives=coll, time=t, memory=mem,
+                              fits=mem["total"] <= 0.9 * dev.memory_bytes, device_memory=dev.memory_bytes,
+                              steps_per_epoch=steps, epoch_s=steps * t["step_s"]))
   return out
 
 
 # ----------------------------------------------------------------------------------------------- report
-
-
-def _g(x: float, unit: float = 1.0, fmt: str = ".2f") -> str:
-  return format(x / unit, fmt)
 
 
 def cpu_table(rows: list[dict[str, Any]]) -> str:
@@ -529,8 +524,6 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--points", default="", help="comma-separated subset of the CPU points (default: all)")
   p.add_argument("--no-measure", dest="measure", action="store_false", help="skip the CPU points")
   p.add_argument("--no-full", dest="full", action="store_false", help="skip the full-scale predictions")
-  p.add_argument("--fit_check", action="store_true",
-                 help="also extrapolate each CPU point's XLA bytes / temp from B = 2, 4 (the full-scale method)")
   p.add_argument("--steps", type=int, default=7, help="timed steps per CPU point (median)")
   p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
   p.add_argument("--core", type=int, default=-1, help="CPU core the points are pinned to (-1: the last one)")
@@ -573,8 +566,8 @@ def main(argv=None) -> int:
     for name, spec in points.items():
       rows.append(run_point(name, spec, a))
       r = rows[-1]
-      print(f"  {name}: " + (r.get("error") or f"step {1e3 * r['step_s']:.1f} ms, peak {r['peak_rss_bytes'] / 2**20:.0f} "
-                              "MiB"), flush=True)
+      msg = r.get("error") or f"step {1e3 * r['step_s']:.1f} ms, peak {r['peak_rss_bytes'] / 2**20:.0f} MiB"
+      print(f"  {name}: {msg}", flush=True)
     if not a.quick:
       cals.append(run_point(cal_name, cal_spec, a))
     failed = [c["error"] for c in cals if "error" in c]
@@ -600,12 +593,6 @@ def main(argv=None) -> int:
         r["predicted"] = cpu_prediction(r, dev, runtime)
         r["time_ratio"] = r["predicted"]["time"]["step_s"] / r["step_s"]
         r["memory_ratio"] = r["predicted"]["memory"]["total"] / r["peak_rss_bytes"]
-    if a.fit_check:  # the full-scale method on the measured points: extrapolate from B = 2, 4 to their batch
-      for r in rows:
-        if "error" not in r:
-          r["fit_check"] = fit_check(r)
-          print(f"  {r['name']}: extrapolated / compiled at B = {r['spec']['B']}: bytes "
-                f"{r['fit_check']['bytes_ratio']:.3f}, temp {r['fit_check']['temp_ratio']:.3f}", flush=True)
     report["cpu_points"] = rows
     report["machine"]["jax"] = cals[0].get("jax")
     print("\nCPU: predicted vs measured (one core, float32)\n" + cpu_table(rows), flush=True)

@@ -59,6 +59,8 @@ def test_collective_volume_formula():
   assert c["gradient_allreduce"] == 2 * 0.5 * 4 * (100 + 40 + 8080 / 4)  # table shards replicated over `data`
   assert c["embedding_rows"] == 2 * (2 * 0.75 * 640 + 0.75 * 640)  # group batch 8 / 2 = 4: 4 x 4 x 5 x 8 bytes
   assert cm.collective_volume(P, cm.Mesh(), global_batch=8, lookups=5)["total"] == 0
+  with pytest.raises(ValueError, match="Mesh.embedding='expert': expected none, data or model"):
+    cm.Mesh(data=2, embedding="expert")
 
 
 def test_train_flops_is_three_forwards_of_the_sasrec_formula():
@@ -96,14 +98,48 @@ def test_epoch_layouts_and_fit():
   assert v5e.peak_flops == 197e12 and v5e.link_bandwidth == 200e9 and v5e.memory_bytes == 16e9
 
 
+def test_full_scale_rows_from_xla_costs(monkeypatch):
+  # XLA's costs replaced by a line in the batch: 1 GB fixed + 1 MB per example; temp = gradients + 0.2 MB/example.
+  p = cm.param_counts(cm.model_config(dict(cm.QUICK_FULL_MODEL, model="backbone"), dict(
+      COMMON, num_items=5000, num_cats=50, dtype="bfloat16")))
+  calls = []
+
+  def fake(cfg, batch, common):
+    calls.append(batch)
+    return {"bytes": 1e9 + 1e6 * batch, "temp": 4.0 * p.total + 2e5 * batch}
+
+  monkeypatch.setattr(cm, "abstract_step_costs", fake)
+  fs = cm.full_scale(cm.parse_args(["--quick"]))
+  assert sorted(set(calls)) == fs["profile_batches"] == [64, 512]  # the per-device batches of the layouts
+  assert fs["profiles"]["backbone"]["fixed_bytes"] == pytest.approx(1e9)
+  by = {(r["target"], r["layout"]): r for r in fs["rows"]}
+  r = by[("v5e-256", "rows over data")]
+  assert r["local_batch"] == 64 and r["global_batch"] == 16_384
+  share = (p.dense + p.expert + p.table_params / 256) / p.total  # a chip's share of the optimizer's fixed bytes
+  assert r["bytes"] == pytest.approx(1e9 * share + 64e6)
+  assert r["memory"]["activations"] == pytest.approx(64 * 2e5)
+  assert r["collectives"]["embedding_rows"] == pytest.approx(
+      2 * 3 * 255 / 256 * 4 * 16_384 * 17 * 16)  # item + cat tables, S x T + 1 = 17 lookups, D = 16
+  assert r["steps_per_epoch"] == -(-cm.epoch_examples() // 16_384)
+  assert r["epoch_s"] == r["steps_per_epoch"] * r["time"]["step_s"]
+  h = by[("8xH100", "tables replicated")]
+  assert h["local_batch"] == 512 and h["bytes"] == pytest.approx(1e9 + 512e6) and h["fits"]
+
+
+def test_abstract_step_costs_compiles_shapes_only():
+  cfg = cm.model_config(dict(model="backbone", S=2, T=4, D=8, layers=1, K=2), COMMON)
+  c = cm.abstract_step_costs(cfg, 4, COMMON)
+  p = cm.param_counts(cfg).total
+  assert c["bytes"] > 0 and c["temp"] > 0
+  assert c["argument"] >= 3 * 4 * p  # parameters and two AdamW moments are inputs of the step
+
+
 def test_quick_run_writes_predictions_next_to_measurements(tmp_path):
   out = tmp_path / "cost.json"
-  assert cm.main(["--quick", "--steps=2", "--warmup=1", f"--json={out}"]) == 0
+  assert cm.main(["--quick", "--no-full", "--steps=2", "--warmup=1", f"--json={out}"]) == 0
   report = json.loads(out.read_text())
   assert 0 < report["calibration"]["efficiency"] <= 1
   (row,) = report["cpu_points"]
   assert row["step_s"] > 0 and row["peak_rss_bytes"] > 0
   assert row["time_ratio"] == pytest.approx(row["predicted"]["time"]["step_s"] / row["step_s"])
-  rows = report["full_scale"]["rows"]
-  assert {(r["target"], r["layout"]) for r in rows} >= {("v5e-256", "rows over data"), ("8xH100", "tables replicated")}
-  assert all(r["epoch_s"] == r["steps_per_epoch"] * r["time"]["step_s"] for r in rows)
+  assert row["memory_ratio"] == pytest.approx(row["predicted"]["memory"]["total"] / row["peak_rss_bytes"])
