@@ -21,18 +21,20 @@ Prediction for one train step (forward + backward + AdamW, ``bench_model.train_s
 
 Per-device memory = parameters + AdamW moments (2) + gradients, split into the embedding tables and the rest with the
 mesh's sharding (``training.sharding`` rules: expert stacks over ``expert``, tables over ``data`` or ``model``), plus
-activations (XLA's memory analysis: temp bytes minus gradients), plus on CPU
-the runtime (Python, JAX, the compiler), calibrated as below.
+activations (XLA's memory analysis: temp bytes minus gradients), plus on CPU the runtime (Python, JAX, the
+compiled program), calibrated as below.
 
 Devices: peak FLOP/s and HBM bandwidth from ``compare_torch.PEAKS`` (H100 SXM, H200, TPU v5e; sources there) plus
 link bandwidth and memory from ``LINKS`` (sources there); the CPU's peak and bandwidth from ``compare_torch.cpu_peak``
 (cores x GHz x FMA width; bandwidth measured by a numpy copy). Efficiency factors: accelerators use the stated
 ``ACCEL_EFFICIENCY`` (assumptions, not calibrated: no accelerator was measured); the CPU's single factor is calibrated
-on ONE configuration (``CALIBRATION``, not among the checked points): efficiency = roofline floor / measured step, and
-the runtime memory = measured peak RSS - XLA's bytes. Every checked point is then predicted from these two numbers.
+on ONE configuration (``CALIBRATION``, not among the checked points; run first and again last, as the machine's load
+drifts): efficiency = roofline floor / mean measured step, and the runtime memory = measured peak RSS - XLA's bytes.
+Every checked point is then predicted from these two numbers.
 
 CPU points: each in its own subprocess pinned to one core (``--core``), float32, bench_model's train step compiled
-once, ``--warmup`` calls excluded, median of ``--steps`` calls; peak memory = the child's VmHWM (/proc/self/status).
+once, ``--warmup`` calls excluded, median of ``--steps`` calls; peak memory = the child's VmHWM (/proc/self/status)
+over the training steps (reset after compiling: on an accelerator compilation uses no device memory).
 Writes JSON (temp file, then rename) and prints the tables.
 """
 
