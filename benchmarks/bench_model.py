@@ -140,6 +140,15 @@ def make_functions(model: nnx.Module, task: str):
   def forward(params, rest, batch):
     return nnx.merge(graphdef, params, rest)(batch, deterministic=True).logits
 
+  return forward, train_step_fn(graphdef, tx, task), params, rest, opt_state
+
+
+def train_step_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, task: str):
+  """The jitted train step (params, opt_state, rest, batch) -> (params, opt_state, rest, loss), state donated.
+
+  Separate from ``make_functions`` so that benchmarks/cost_model.py can lower it on abstract (shape-only) state.
+  """
+
   def objective(params, rest, batch):
     # copy=True: fresh Variables at this (grad) trace level, so dropout may advance its RNG count here.
     m = nnx.merge(graphdef, params, rest, copy=True)
@@ -152,8 +161,7 @@ def make_functions(model: nnx.Module, task: str):
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, rest, loss
 
-  train_step = jax.jit(train_step, donate_argnums=(0, 1, 2))
-  return forward, train_step, params, rest, opt_state
+  return jax.jit(train_step, donate_argnums=(0, 1, 2))
 
 
 def _median_seconds(fn, steps: int) -> tuple[float, float]:
