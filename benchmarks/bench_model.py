@@ -37,6 +37,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from
 from mos_jax.experiments.sweep import write_text_atomic  # noqa: E402
 from mos_jax.models import build_model  # noqa: E402
 from mos_jax.models.config import ModelConfig  # noqa: E402
+from mos_jax.runtime import tune_host_allocator  # noqa: E402
 
 MODELS = ("mos", "backbone", "gshard", "expert_choice", "dselect_k")
 
@@ -256,6 +257,7 @@ def _flops_total(flops: Any) -> float | None:
 
 def main(argv=None) -> None:
   a = parse_args(argv)
+  allocator = "tuned" if tune_host_allocator() else "default"  # as train.py (MOS_JAX_MALLOC=default: glibc's own)
   names = [n for n in a.models.split(",") if n]
   unknown = set(names) - set(MODELS)
   if unknown:
@@ -264,7 +266,7 @@ def main(argv=None) -> None:
   device = jax.devices()[0]
   print(f"device: {device.device_kind} ({jax.default_backend()}, {jax.device_count()} device(s)); jax "
         f"{jax.__version__}; B={a.batch} S={a.sessions} T={a.session_len} D={a.dim} K={a.themes} "
-        f"task={a.task} dtype={a.dtype}")
+        f"task={a.task} dtype={a.dtype}; host allocator {allocator}")
   rows = []
   for name, overrides in [(n, None) for n in names] + [parse_variant(v) for v in a.variant]:
     try:
@@ -273,7 +275,7 @@ def main(argv=None) -> None:
       rows.append({"model": name, "error": f"{type(e).__name__}: {e}"[:300]})
   print_table(rows)
   if a.json:
-    out = {"args": vars(a), "device": device.device_kind, "backend": jax.default_backend(),
+    out = {"args": vars(a), "host_allocator": allocator, "device": device.device_kind, "backend": jax.default_backend(),
            "jax": jax.__version__, "python": platform.python_version(), "rows": rows}
     path = pathlib.Path(a.json)
     path.parent.mkdir(parents=True, exist_ok=True)

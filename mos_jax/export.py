@@ -210,8 +210,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
   args = _parser().parse_args(argv)
-  jax.config.update("jax_compilation_cache_dir",
-                    os.environ.get("MOS_JAX_COMPILATION_CACHE", os.path.expanduser("~/.cache/mos_jax/jax_cache")))
+  from mos_jax.runtime import compilation_cache_dir  # noqa: PLC0415
+
+  jax.config.update("jax_compilation_cache_dir", compilation_cache_dir())
   from mos_jax import config as config_lib  # noqa: PLC0415
   from mos_jax.data import DataError  # noqa: PLC0415
   from mos_jax.training.checkpoint import CheckpointError  # noqa: PLC0415

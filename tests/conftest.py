@@ -1,6 +1,6 @@
-"""Test setup: two forced CPU devices and JAX's persistent compilation cache.
+"""Test setup: two forced CPU devices, JAX's persistent compilation cache and the tuned host allocator.
 
-Both must be set before JAX is imported anywhere, which is why they live here.
+All three must be set before JAX is imported anywhere, which is why they live here.
 """
 
 import os
@@ -8,6 +8,10 @@ import pathlib
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from mos_jax.runtime import tune_host_allocator  # noqa: E402
+
+tune_host_allocator()  # as the entry points do: fewer page faults, a faster suite
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

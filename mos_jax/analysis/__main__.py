@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 
@@ -78,13 +77,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{v['return_distance_sessions'].get('mean')} sessions, median "
               f"{v['return_distance_hours'].get('median')} h")
     elif args.command == "routing":
-      import jax  # noqa: PLC0415
+      from mos_jax.runtime import start_jax  # noqa: PLC0415
 
+      start_jax()
       from mos_jax.analysis.routing import analyze_routing  # noqa: PLC0415
       from mos_jax.training.checkpoint import CheckpointError  # noqa: PLC0415
 
-      jax.config.update("jax_compilation_cache_dir", os.environ.get(
-          "MOS_JAX_COMPILATION_CACHE", os.path.expanduser("~/.cache/mos_jax/jax_cache")))
       errors += (CheckpointError,)
       res = analyze_routing(args.workdir, args.out, split=args.split, checkpoint=args.checkpoint,
                             timeline_users=args.users, seed=args.seed, batch_size=args.batch_size)

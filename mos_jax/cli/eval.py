@@ -15,7 +15,6 @@ JSON: ``{"split", "checkpoint", "step", "model", "dataset", "task", "metrics": {
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import sys
 
@@ -101,10 +100,9 @@ def rule_slices(dataset, split: str, task: str, arrays: dict, masks: dict) -> di
 
 def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-  import jax  # noqa: PLC0415
+  from mos_jax.runtime import start_jax  # noqa: PLC0415
 
-  jax.config.update("jax_compilation_cache_dir",
-                    os.environ.get("MOS_JAX_COMPILATION_CACHE", os.path.expanduser("~/.cache/mos_jax/jax_cache")))
+  jax = start_jax()
   from mos_jax import config as config_lib  # noqa: PLC0415
   from mos_jax.data import DataError  # noqa: PLC0415
   from mos_jax.training import checkpoint as ckpt_lib  # noqa: PLC0415

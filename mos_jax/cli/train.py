@@ -8,7 +8,6 @@ SIGTERM / Ctrl-C save a checkpoint and exit with status 128 + signal number. See
 
 from __future__ import annotations
 
-import os
 import pathlib
 import signal
 import sys
@@ -26,10 +25,9 @@ def main(argv: list[str] | None = None) -> int:
   if any(a in ("-h", "--help") for a in argv):
     print(__doc__)
     return 0
-  cache = os.environ.get("MOS_JAX_COMPILATION_CACHE", os.path.expanduser("~/.cache/mos_jax/jax_cache"))
-  import jax  # noqa: PLC0415  (after parsing --help)
+  from mos_jax.runtime import start_jax  # noqa: PLC0415  (after parsing --help)
 
-  jax.config.update("jax_compilation_cache_dir", cache)
+  start_jax()
 
   from mos_jax.config import ConfigError, parse_command_line  # noqa: PLC0415
   from mos_jax.data import DataError  # noqa: PLC0415
