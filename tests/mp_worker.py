@@ -1,10 +1,11 @@
 """One training process for tests/test_multiprocess.py (a plain script, not a test).
 
-``python tests/mp_worker.py --devices=D --workdir=W --cache=C [--stop_at=K] [--num_processes=P --process_id=I
---port=PORT]`` forces D CPU devices, joins a P-process JAX cluster on 127.0.0.1:PORT when P > 1 (as train.py does,
-through ``train.distributed='explicit'``), trains ``tiny_config`` in W (resuming from W's latest checkpoint) and, with
-``--stop_at``, stops after step K the way a preemption does (SIGTERM to itself: the loop saves and returns).
-Process 0 writes ``W/result_<steps>.json`` (status, step, number of processes and devices).
+``python tests/mp_worker.py --devices=D --workdir=W --cache=C [--stop_at=K1,K2,...] [--num_processes=P
+--process_id=I --port=PORT]`` forces D CPU devices, joins a P-process JAX cluster on 127.0.0.1:PORT when P > 1 (as
+train.py does, through ``train.distributed='explicit'``) and trains ``tiny_config`` in W, resuming from W's latest
+checkpoint. ``--stop_at`` stops after step K1 the way a preemption does (SIGTERM to itself: the loop saves and returns),
+then resumes in the same processes and stops after K2, and so on; without it (or after the last K) it trains to the
+end. Process 0 writes ``W/result_<step>.json`` (status, step, number of processes and devices) after each segment.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def main(argv: list[str]) -> int:
   p.add_argument("--devices", type=int, required=True)
   p.add_argument("--workdir", required=True)
   p.add_argument("--cache", required=True)
-  p.add_argument("--stop_at", type=int, default=0)
+  p.add_argument("--stop_at", default="", help="comma-separated steps")
   p.add_argument("--num_processes", type=int, default=1)
   p.add_argument("--process_id", type=int, default=0)
   p.add_argument("--port", type=int, default=0)
@@ -72,15 +73,17 @@ def main(argv: list[str]) -> int:
     t.num_processes, t.process_id = args.num_processes, args.process_id
   distributed.initialize(cfg.train)  # what train.py does first
 
-  def on_step(step: int) -> None:
-    if step == args.stop_at:
-      os.kill(os.getpid(), signal.SIGTERM)  # a preemption: the loop saves at this (logging) step and returns
+  for stop_at in [int(k) for k in args.stop_at.split(",") if k] or [0]:
 
-  result = train(cfg, on_step=on_step)
-  if distributed.is_primary():
-    out = {"status": result.status, "step": result.step, "processes": jax.process_count(),
-           "devices": jax.device_count()}
-    (pathlib.Path(args.workdir) / f"result_{result.step}.json").write_text(json.dumps(out))
+    def on_step(step: int, stop_at: int = stop_at) -> None:
+      if step == stop_at:
+        os.kill(os.getpid(), signal.SIGTERM)  # a preemption: the loop saves at this (logging) step and returns
+
+    result = train(cfg, on_step=on_step)
+    if distributed.is_primary():
+      out = {"status": result.status, "step": result.step, "processes": jax.process_count(),
+             "devices": jax.device_count()}
+      (pathlib.Path(args.workdir) / f"result_{result.step}.json").write_text(json.dumps(out))
   return 0
 
 

@@ -2,8 +2,8 @@
 
 One chain of runs in one work directory, against one uninterrupted reference run (1 process, 4 devices, 7 steps):
 
-1. 2 processes x 2 CPU devices (4 devices) train steps 1-3, validate at step 2, and stop at step 3 as on a
-   preemption (SIGTERM: checkpoint, exit);
+1. 2 processes x 2 CPU devices (4 devices) train steps 1-2, validate at step 2 and stop as on a preemption
+   (SIGTERM: checkpoint, return), resume in the same 2 processes for step 3 and stop again;
 2. 1 process on 1 device (this pytest process) resumes that checkpoint for steps 4-5 (crossing an epoch boundary)
    and stops again;
 3. 1 process x 4 devices resumes for steps 6-7 and finishes.
@@ -30,11 +30,13 @@ import jax
 import numpy as np
 import pytest
 
+from mos_jax import config as config_lib
 from mos_jax.training import checkpoint as ckpt_lib
+from mos_jax.training import distributed
+from mos_jax.training.config import TrainConfig
 from mos_jax.training.loop import train
+from mos_jax.training.parallel import Executor
 from mos_jax.training.setup import build_run
-
-pytestmark = pytest.mark.multiprocess
 
 HERE = pathlib.Path(__file__).resolve().parent
 _spec = importlib.util.spec_from_file_location("mp_worker", HERE / "mp_worker.py")
@@ -63,20 +65,22 @@ def run_workers(jobs: list[list[str]], logs: pathlib.Path, name: str, timeout: f
                                    stdout=subprocess.DEVNULL, stderr=err), err))
   deadline = time.monotonic() + timeout
   failed = None
-  while failed is None and any(p.poll() is None for p, _ in procs):
-    if time.monotonic() > deadline:
-      failed = f"timed out after {timeout} s"
-    elif any(p.poll() not in (None, 0) for p, _ in procs):
+  try:
+    while failed is None and any(p.poll() is None for p, _ in procs):
+      if time.monotonic() > deadline:
+        failed = f"timed out after {timeout} s"
+      elif any(p.poll() not in (None, 0) for p, _ in procs):
+        failed = "a worker failed"  # the others would wait for it in their next collective
+      else:
+        time.sleep(0.1)
+    if failed is None and any(p.returncode != 0 for p, _ in procs):
       failed = "a worker failed"
-    else:
-      time.sleep(0.1)
-  if failed is None and any(p.returncode != 0 for p, _ in procs):
-    failed = "a worker failed"
-  for p, err in procs:
-    if p.poll() is None:
-      p.kill()
-      p.wait()
-    err.close()
+  finally:  # also on KeyboardInterrupt: no worker outlives the test
+    for p, err in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+      err.close()
   if failed:
     tails = "\n".join(f"--- worker {args} (exit {p.returncode}):\n{pathlib.Path(err.name).read_text()[-3000:]}"
                       for (p, err), args in zip(procs, jobs))
@@ -120,7 +124,7 @@ def chain(tmp_path_factory):
   common = ["--cache", str(cache)]
   port = str(free_port())
   # Round 1: the 2-process segment and the uninterrupted reference side by side.
-  run_workers([["--devices", "2", "--workdir", str(work), "--stop_at", "3", "--num_processes", "2",
+  run_workers([["--devices", "2", "--workdir", str(work), "--stop_at", "2,3", "--num_processes", "2",
                 "--process_id", str(i), "--port", port, *common] for i in range(2)]
               + [["--devices", "4", "--workdir", str(ref), *common]], logs, "round1")
   t1 = time.perf_counter()
@@ -142,12 +146,14 @@ def chain(tmp_path_factory):
   return ref, work, t3 - t0
 
 
+@pytest.mark.multiprocess
 def test_two_processes_train_like_one(chain):
-  """Steps 1-3 (2 processes x 2 devices) and the validation at step 2 equal 1 process x 4 devices; so do the saved
-  parameters and the saved data position at step 3."""
+  """Steps 1-3 (2 processes x 2 devices, stopped and resumed after step 2) and the validation at step 2 equal 1
+  process x 4 devices; so do the saved parameters and the saved data position at step 3."""
   ref, work, _ = chain
-  assert json.loads((work / "result_3.json").read_text()) == {"status": "interrupted", "step": 3, "processes": 2,
-                                                               "devices": 4}
+  for step in (2, 3):
+    assert json.loads((work / f"result_{step}.json").read_text()) == {"status": "interrupted", "step": step,
+                                                                       "processes": 2, "devices": 4}
   got, want = records(work), records(ref)
   for step in (1, 2, 3):
     assert got[step, "train"].keys() == want[step, "train"].keys()
@@ -161,6 +167,7 @@ def test_two_processes_train_like_one(chain):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=ATOL), got_params, want_params)
 
 
+@pytest.mark.multiprocess
 def test_resume_on_other_process_and_device_counts_continues_identically(chain):
   """2 processes -> 1 process / 1 device (steps 4-5, across the epoch boundary) -> 1 process / 4 devices (steps 6-7):
   every loss, validation and the final parameters equal the uninterrupted run's."""
@@ -174,3 +181,39 @@ def test_resume_on_other_process_and_device_counts_continues_identically(chain):
   assert got_data == want_data == {"epoch": 1, "step": 2, "seed": 0, "num_examples": 80, "global_batch_size": 16}
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=ATOL), got_params, want_params)
   assert json.loads((work / "result_7.json").read_text())["status"] == "finished"
+
+
+# ------------------------------------------------------------------------------------------------ without processes
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--config.train.distributed=everywhere"], "config.train.distributed='everywhere': expected one of"),
+    (["--config.train.distributed=explicit"], "config.train.coordinator_address='': expected host:port"),
+    (["--config.train.distributed=explicit", "--config.train.coordinator_address=localhost:http"],
+     "coordinator_address='localhost:http': expected host:port"),
+    (["--config.train.distributed=explicit", "--config.train.coordinator_address=127.0.0.1:1234",
+      "--config.train.num_processes=2", "--config.train.process_id=2"],
+     r"config.train.process_id=2: expected an integer in \[0, num_processes=2\)"),
+    (["--config.train.distributed=auto", "--config.train.parallelism=pmap"],
+     "config.train.parallelism='pmap': expected 'mesh' with distributed='auto'"),
+])
+def test_distributed_fields_are_validated(flags, message):
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.parse_command_line(flags)
+
+
+def test_explicit_config_without_initialize_is_refused_and_off_is_a_no_op():
+  t = TrainConfig(distributed="explicit", coordinator_address="127.0.0.1:1234", num_processes=2, process_id=1)
+  with pytest.raises(distributed.DistributedError, match=r"asks for process 1 of 2, but JAX runs process 0 of 1: "
+                                                         r"call mos_jax.training.distributed.initialize"):
+    distributed.check_started(t)
+  distributed.initialize(TrainConfig())  # off: nothing starts
+  distributed.check_started(TrainConfig())
+  assert not distributed.multi_process() and distributed.is_primary()
+
+
+def test_pmap_refuses_several_processes(monkeypatch):
+  monkeypatch.setattr(distributed, "multi_process", lambda: True)
+  with pytest.raises(ValueError, match="parallelism='pmap' runs in one process, but JAX runs 1: use "
+                                       "parallelism='mesh'"):
+    Executor(TrainConfig(parallelism="pmap"), None, None, None, "ctr", None)

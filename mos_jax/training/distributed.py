@@ -92,16 +92,17 @@ def _is_key(x: Any) -> bool:
 
 
 def place(tree: Any, shardings: Any) -> Any:
-  """``jax.device_put(tree, shardings)`` that also works when the shardings span other processes: leaves already
-  placed so stay, others are copied from this process's host value (every process holds the same tree)."""
+  """``jax.device_put(tree, shardings)`` that also works when the shardings span other processes: global arrays (e.g.
+  restored by Orbax) are resharded (a no-op when already so placed), local ones are copied from this process's host
+  value (every process holds the same tree)."""
   if not multi_process():
     return jax.device_put(tree, shardings)
 
   def one(x, s):
-    if isinstance(x, jax.Array) and x.sharding == s:
-      return x
-    if _is_key(x):  # key arrays have no numpy form: place their uint32 data and wrap it again
+    if _is_key(x):  # key arrays have no numpy form (and device_put cannot reshard global ones): place their data
       return jax.random.wrap_key_data(one(jax.random.key_data(x), s), impl=jax.random.key_impl(x))
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return jax.device_put(x, s)
     host = np.asarray(x)
     return jax.make_array_from_callback(host.shape, s, lambda index: host[index])
 
