@@ -154,9 +154,9 @@ def _validate_train(t: TrainConfig) -> None:
   def bad(field, expected):
     raise ConfigError(f"config.train.{field}={getattr(t, field)!r}: expected {expected}")
 
+  from mos_jax.training.distributed import DISTRIBUTED_MODES, check_explicit  # noqa: PLC0415
   from mos_jax.training.losses import NEXT_LOSSES, PROPOSALS  # noqa: PLC0415
   from mos_jax.training.sharding import EMBEDDING_SHARDINGS  # noqa: PLC0415
-  from mos_jax.training.distributed import DISTRIBUTED_MODES, check_explicit  # noqa: PLC0415
 
   choices = {"decay": DECAYS, "parallelism": PARALLELISMS, "early_stop_mode": EARLY_STOP_MODES,
              "next_loss": NEXT_LOSSES, "sampled_proposal": PROPOSALS, "embedding_sharding": EMBEDDING_SHARDINGS,
