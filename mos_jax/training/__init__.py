@@ -2,8 +2,8 @@
 
 Modules: ``config`` (TrainConfig), ``losses``, ``optimizer``, ``sharding``, ``step`` (pure train step), ``parallel``
 (mesh / pmap executor), ``distributed`` (multi-process set-up and collectives), ``checkpoint``, ``metrics_log``,
-``setup`` (dataset + model + state from a Config) and ``loop`` (``train(cfg)``). Only ``TrainConfig`` is imported here: ``mos_jax.config`` needs it, and the loop needs
-``mos_jax.config``.
+``setup`` (dataset + model + state from a Config) and ``loop`` (``train(cfg)``). Only ``TrainConfig`` is imported
+here: ``mos_jax.config`` needs it, and the loop needs ``mos_jax.config``.
 """
 
 from mos_jax.training.config import TrainConfig
