@@ -154,11 +154,13 @@ def _validate_train(t: TrainConfig) -> None:
   def bad(field, expected):
     raise ConfigError(f"config.train.{field}={getattr(t, field)!r}: expected {expected}")
 
+  from mos_jax.training.distributed import DISTRIBUTED_MODES, check_explicit  # noqa: PLC0415
   from mos_jax.training.losses import NEXT_LOSSES, PROPOSALS  # noqa: PLC0415
   from mos_jax.training.sharding import EMBEDDING_SHARDINGS  # noqa: PLC0415
 
   choices = {"decay": DECAYS, "parallelism": PARALLELISMS, "early_stop_mode": EARLY_STOP_MODES,
-             "next_loss": NEXT_LOSSES, "sampled_proposal": PROPOSALS, "embedding_sharding": EMBEDDING_SHARDINGS}
+             "next_loss": NEXT_LOSSES, "sampled_proposal": PROPOSALS, "embedding_sharding": EMBEDDING_SHARDINGS,
+             "distributed": DISTRIBUTED_MODES}
   for field, allowed in choices.items():
     if getattr(t, field) not in allowed:
       bad(field, f"one of {allowed}")
@@ -174,6 +176,12 @@ def _validate_train(t: TrainConfig) -> None:
       bad(field, "an integer >= 0")
   if t.mesh_data != -1 and t.mesh_data < 1:
     bad("mesh_data", "-1 (all devices) or an integer >= 1")
+  if t.distributed == "explicit":
+    problem = check_explicit(t)
+    if problem:
+      bad(*problem)
+  if t.distributed != "off" and t.parallelism != "mesh":
+    bad("parallelism", f"'mesh' with distributed={t.distributed!r} (pmap runs in one process)")
   if t.embedding_sharding != "none" and t.parallelism != "mesh":
     bad("embedding_sharding", "'none' with parallelism='pmap' (pmap replicates every parameter)")
   if t.num_steps == 0 and not t.num_epochs > 0:

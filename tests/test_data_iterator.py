@@ -112,3 +112,54 @@ def test_without_grain_auto_falls_back_to_numpy(monkeypatch):
   assert it.backend == "numpy"
   with pytest.raises(ImportError, match="grain is not installed"):
     make_iterator(_arrays(), batch_size=4, seed=1, shuffle=True, drop_remainder=True, backend="grain")
+
+
+def _step_rows(its):
+  """Sorted real (weight > 0) users of one step of every shard together: the global batch as a set."""
+  rows = []
+  for it in its:
+    b = next(it)
+    rows += b["user"][b["weight"] > 0].tolist()
+  return sorted(rows)
+
+
+@pytest.mark.parametrize("pad", [False, True], ids=["train", "eval-padded"])
+def test_state_is_process_invariant_and_resumes_on_any_shard_count(pad):
+  """n shards with a per-shard batch of B / n: step s of all shards together is the unsharded global batch s; the
+  saved state is the same for every n, and a 2-shard state resumes on 1 or 4 shards with the same global batches."""
+  n_rows, B = 37, 8  # 4 full batches per epoch (train) / 5 with the padded tail (eval)
+  opts = dict(seed=5, shuffle=True, drop_remainder=not pad, pad_to_full=pad, backend="numpy")
+
+  def shards(n):
+    return [make_iterator(_arrays(n_rows), batch_size=B // n, shard_index=i, shard_count=n, **opts) for i in range(n)]
+
+  ref = shards(1)
+  expected = [_step_rows(ref) for _ in range(11)]  # crosses two epoch boundaries
+  assert expected[0] != expected[4 + pad]  # reshuffled per epoch
+  for n in (2, 4):
+    its = shards(n)
+    assert [_step_rows(its) for _ in range(6)] == expected[:6]
+    states = [json.loads(json.dumps(it.get_state())) for it in its]
+    assert all(s == states[0] for s in states)  # identical on every process: Orbax writes it from process 0 only
+    assert states[0] == {"epoch": 1, "step": 6 - 4 - pad, "seed": 5, "num_examples": n_rows, "global_batch_size": 8}
+  for m in (1, 4):  # the 4-shard state (== the 2-shard one) resumes on another shard count
+    resumed = shards(m)
+    for it in resumed:
+      it.set_state(states[0])
+    assert [_step_rows(resumed) for _ in range(5)] == expected[6:11]
+
+
+def test_state_refuses_another_global_batch_and_reads_old_states():
+  it = make_iterator(_arrays(), batch_size=4, seed=1, shuffle=True, drop_remainder=True, backend="numpy")
+  two = make_iterator(_arrays(), batch_size=2, seed=1, shuffle=True, drop_remainder=True, shard_index=1,
+                      shard_count=2, backend="numpy")
+  two.set_state(it.get_state())  # 4 rows per step either way
+  with pytest.raises(ValueError, match="saved with global_batch_size=4, this iterator has 2"):
+    make_iterator(_arrays(), batch_size=2, seed=1, shuffle=True, drop_remainder=True,
+                  backend="numpy").set_state(it.get_state())
+  # A state written before global_batch_size existed: batch_size x shard_count.
+  old = {"epoch": 2, "step": 1, "seed": 1, "num_examples": N, "shard_index": 0, "shard_count": 2, "batch_size": 2}
+  it.set_state(old)
+  assert (it.epoch, it.step) == (2, 1)
+  with pytest.raises(ValueError, match="global_batch_size=2, this iterator has 4"):
+    it.set_state({**old, "shard_count": 1})

@@ -4,6 +4,10 @@
 
 Re-running the same command resumes from ``WORKDIR/checkpoints/latest`` and continues exactly where it stopped.
 SIGTERM / Ctrl-C save a checkpoint and exit with status 128 + signal number. See docs/training.md.
+
+Multi-process: ``--config.train.distributed=auto`` (TPU pods, GPU clusters, SLURM) or ``=explicit`` with
+``--config.train.coordinator_address=HOST:PORT --config.train.num_processes=N --config.train.process_id=I``, the same
+command in every process (docs/training.md, Multi-process).
 """
 
 from __future__ import annotations
@@ -31,15 +35,25 @@ def main(argv: list[str] | None = None) -> int:
 
   from mos_jax.config import ConfigError, parse_command_line  # noqa: PLC0415
   from mos_jax.data import DataError  # noqa: PLC0415
+  from mos_jax.training import distributed  # noqa: PLC0415
   from mos_jax.training.checkpoint import CheckpointError  # noqa: PLC0415
   from mos_jax.training.loop import train  # noqa: PLC0415
 
   try:
     cfg = parse_command_line(argv, default_config=default_config())
-    result = train(cfg)
-  except (ConfigError, CheckpointError, DataError) as e:
+    # Before anything touches the JAX backend (jax.devices(), the first array): initialize() refuses to run later.
+    # No explicit jax.distributed.shutdown(): JAX's atexit hook does it (an explicit one can hang the exit).
+    distributed.initialize(cfg.train)
+  except (ConfigError, distributed.DistributedError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  try:
+    result = train(cfg)
+  except (ConfigError, CheckpointError, DataError, distributed.DistributedError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  if not distributed.is_primary():
+    return 128 + int(result.stop_signal or signal.SIGTERM) if result.status == "interrupted" else 0
   print(f"{result.status} at step {result.step}/{result.total_steps}; best {result.metric} = "
         f"{result.best_metric} at step {result.best_step}; workdir {cfg.workdir}")
   if result.status == "interrupted":

@@ -10,6 +10,13 @@ Both backends produce the same batches in the same order and share one JSON stat
 - batching: the epoch's order is cut into index batches (``drop_remainder`` drops the short tail); Grain's
   ``MapDataset.source(index_batches).map(gather)`` (or the same list in numpy) fetches rows; with ``pad_to_full`` the
   last batch is filled to B with copies of row 0 whose ``weight`` is 0, so padded rows never count in losses or metrics.
+- state: ``{"epoch", "step", "seed", "num_examples", "global_batch_size"}`` (global = per-shard batch x shards),
+  the same for any shard count. Shard i of n with a per-shard batch of B / n takes, at step s, entries
+  ``order[s*B + i + n*j]`` (j < B / n), so the n shards' step s together hold exactly the global batch s of the
+  unsharded order, ``order[s*B:(s+1)*B]``, and every shard count has the same steps per epoch (``drop_remainder``, or
+  ``pad_to_full`` up to its padding rows). A state saved by n processes therefore resumes in any number of processes
+  with the same global batch size and continues with the same global batches (as sets of rows; their order within a
+  batch depends on n).
 - per-epoch fields: ``epoch_fields(epoch)`` (e.g. ``PreparedDataset.epoch_fields``: that epoch's train negatives)
   returns arrays that replace the same keys for the whole epoch; being a function of the epoch, a restored state
   sees exactly the fields the uninterrupted run saw.
@@ -130,12 +137,22 @@ class BatchIterator:
       self.epoch, self.step = self.epoch + 1, 0
     return batch
 
+  @property
+  def global_batch_size(self) -> int:
+    """Rows per step over all shards (the batch size of the unsharded iterator with the same batches)."""
+    return self.batch_size * self.shard_count
+
   def get_state(self) -> dict:
+    """JSON position that does not depend on the shard (process) count: see the module docstring."""
     return {"epoch": self.epoch, "step": self.step, "seed": self.seed, "num_examples": self.num_examples,
-            "shard_index": self.shard_index, "shard_count": self.shard_count, "batch_size": self.batch_size}
+            "global_batch_size": self.global_batch_size}
 
   def set_state(self, state: dict) -> None:
-    for key in ("seed", "num_examples", "shard_index", "shard_count", "batch_size"):
+    """Resumes at ``state`` (from any shard count); refuses another seed, dataset size or global batch size."""
+    state = dict(state)
+    if "global_batch_size" not in state and "batch_size" in state:  # states written before the field existed
+      state["global_batch_size"] = int(state["batch_size"]) * int(state.get("shard_count", 1))
+    for key in ("seed", "num_examples", "global_batch_size"):
       if key in state and state[key] != getattr(self, key):
         raise ValueError(f"iterator state was saved with {key}={state[key]}, this iterator has {getattr(self, key)}")
     self.epoch, self.step = int(state["epoch"]), int(state["step"])

@@ -33,8 +33,11 @@ class CheckpointError(RuntimeError):
   """A checkpoint directory that cannot be used, with what to do about it."""
 
 
-def _options(keep: int, async_save: bool, create: bool) -> ocp.CheckpointManagerOptions:
-  kwargs: dict[str, Any] = dict(enable_async_checkpointing=async_save, create=create)
+def _options(keep: int, async_save: bool, create: bool, kind: str) -> ocp.CheckpointManagerOptions:
+  # Each manager its own barrier names: with several processes, asynchronous saves of the same step into latest/ and
+  # best/ would otherwise share Orbax's '_async_write_complete.<step>' barrier and fail (FAILED_PRECONDITION).
+  barriers = ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=kind)
+  kwargs: dict[str, Any] = dict(enable_async_checkpointing=async_save, create=create, multiprocessing_options=barriers)
   policies = getattr(ocp, "checkpoint_managers", None)
   if hasattr(policies, "LatestN"):
     kwargs["preservation_policy"] = policies.LatestN(n=keep)  # max_to_keep is deprecated in recent Orbax
@@ -62,7 +65,7 @@ class Checkpoints:
         continue
       try:
         self._managers[kind] = ocp.CheckpointManager(path, options=_options(keep if kind == "latest" else 1,
-                                                                             async_save, not read_only))
+                                                                             async_save, not read_only, kind))
       except Exception as e:  # e.g. unreadable directory, garbage where step folders should be
         raise CheckpointError(f"cannot open checkpoint directory {path}: {type(e).__name__}: {e}") from e
 

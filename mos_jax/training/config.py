@@ -39,6 +39,14 @@ class TrainConfig:
   mesh_data: int = -1  # devices on the data axis; -1 = all devices / mesh_expert
   mesh_expert: int = 1  # devices on the expert axis (stacked expert parameters are split over it)
   mesh_model: int = 1  # devices on the model axis (embedding rows, with embedding_sharding='model')
+  # Multi-process training (training/distributed.py): off = one process; auto = jax.distributed.initialize() from the
+  # cluster's environment (TPU pods, GPU clusters, SLURM); explicit = from the three fields below (CPU hosts, tests).
+  # train.py initialises it before JAX starts; the mesh spans every process's devices, each process loads its slice
+  # of every global batch, and process 0 alone writes logs and JSON. Needs parallelism='mesh'.
+  distributed: str = "off"
+  coordinator_address: str = ""  # explicit: host:port where process 0 runs the coordinator
+  num_processes: int = 1  # explicit: how many processes take part
+  process_id: int = 0  # explicit: this process's index in [0, num_processes)
   # Rows of the item / category tables split over the 'data' or 'model' mesh axis ('none' = replicated); the row
   # count must divide by the axis size: see model.embedding_rows_multiple.
   embedding_sharding: str = "none"

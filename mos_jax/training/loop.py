@@ -3,6 +3,10 @@
 Re-running the same command resumes from the latest checkpoint: parameters, optimizer state, RNG stream state, the
 data iterator's position and the loop's early-stopping state all come back, so the run continues exactly as if it had
 never stopped. SIGTERM or SIGINT finish the current step, save a checkpoint, and return (a second SIGINT aborts).
+
+With several processes (``train.distributed``) every process runs this loop on its slice of each global batch;
+process 0 alone writes metrics.jsonl, TensorBoard, config.json, the progress bar and messages, and a stop signal
+received by any process stops all of them at the next logging step (training/distributed.py).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from mos_jax import config as config_lib
 from mos_jax.config import Config
 from mos_jax.evaluation import predict_rows, row_metrics
 from mos_jax.training import checkpoint as ckpt_lib
+from mos_jax.training import distributed
 from mos_jax.training.metrics_log import MetricsLog
 from mos_jax.training.parallel import Executor
 from mos_jax.training.setup import build_run
@@ -110,6 +115,8 @@ def train(cfg: Config, *, on_step: Callable[[int], None] | None = None,
   """Trains (or resumes) the run described by ``cfg`` in ``cfg.workdir``; ``on_step(step)`` runs after each step."""
   from mos_jax import data as data_lib  # noqa: PLC0415
 
+  distributed.check_started(cfg.train)
+  primary = distributed.is_primary()
   run = build_run(cfg)
   cfg, t, task = run.cfg, run.cfg.train, run.cfg.data.task
   workdir = pathlib.Path(cfg.workdir).expanduser()
@@ -124,8 +131,11 @@ def train(cfg: Config, *, on_step: Callable[[int], None] | None = None,
   executor = Executor(t, run.graphdef, run.tx, run.schedule, task, run.state, devices, item_counts=item_counts)
   ckpts = ckpt_lib.Checkpoints(workdir, keep=t.keep, async_save=t.async_checkpoints)
   epoch_fields = run.dataset.epoch_fields(train_arrays, seed=cfg.data.seed) if task == "ctr" else None
-  it = data_lib.make_iterator(train_arrays, batch_size=t.batch_size, seed=cfg.data.seed, shuffle=True,
-                              drop_remainder=True, epoch_fields=epoch_fields)
+  # With several processes each loads its rows of every global batch; the iterator's state does not depend on it.
+  shard_index, shard_count = executor.batch_shard(t.batch_size)
+  it = data_lib.make_iterator(train_arrays, batch_size=t.batch_size // shard_count, seed=cfg.data.seed, shuffle=True,
+                              drop_remainder=True, epoch_fields=epoch_fields, shard_index=shard_index,
+                              shard_count=shard_count)
   loop = ckpt_lib.LoopState()
   start = ckpts.latest_step()
   if start is not None:
@@ -144,10 +154,12 @@ def train(cfg: Config, *, on_step: Callable[[int], None] | None = None,
       raise ckpt_lib.CheckpointError(f"cannot resume {ckpts.root}: {e}; use the original data and batch settings "
                                      f"or a fresh --workdir") from e
     loop = ckpt_lib.LoopState(**loop_dict)
-    print(f"resuming {workdir} from step {start}")
-    if schedule_changed:
-      print("schedule changed on resume (allow_schedule_change=true): " + "; ".join(schedule_changed))
-  write_json_atomic(workdir / "config.json", config_lib.to_dict(cfg))
+    if primary:
+      print(f"resuming {workdir} from step {start}")
+      if schedule_changed:
+        print("schedule changed on resume (allow_schedule_change=true): " + "; ".join(schedule_changed))
+  if primary:
+    write_json_atomic(workdir / "config.json", config_lib.to_dict(cfg))
   step = start or 0
   # Built once (packing the grids is not free); on 'train', the run's own epoch-0 negatives.
   eval_arrays = run.dataset.split(t.eval_split, task, seed=cfg.data.seed)
@@ -155,8 +167,9 @@ def train(cfg: Config, *, on_step: Callable[[int], None] | None = None,
   last_eval_step = -1
 
   def save(kind: str = "latest") -> None:
-    ckpts.save(step, executor.saveable_state(), data_state=it.get_state(), loop_state=dataclasses.asdict(loop),
-               cfg=cfg, kind=kind)
+    data_state, loop_state = it.get_state(), dataclasses.asdict(loop)
+    distributed.check_same_everywhere({"data": data_state, "loop": loop_state}, "the checkpoint's data/loop state")
+    ckpts.save(step, executor.saveable_state(), data_state=data_state, loop_state=loop_state, cfg=cfg, kind=kind)
 
   def validate() -> None:
     nonlocal last_eval, last_eval_step
@@ -175,30 +188,31 @@ def train(cfg: Config, *, on_step: Callable[[int], None] | None = None,
       if t.patience > 0 and loop.evals_without_improvement >= t.patience:
         loop.stopped_early = True
     last_eval, last_eval_step = res, step
-    bar.write(f"step {step}: {t.eval_split} " + " ".join(f"{k}={v:.4f}" for k, v in res.items()
-                                                         if isinstance(v, float)))
+    say(f"step {step}: {t.eval_split} " + " ".join(f"{k}={v:.4f}" for k, v in res.items() if isinstance(v, float)))
 
   if step >= run.total_steps or loop.stopped_early:
     ckpts.close()
     return TrainResult("already_done", step, run.total_steps, loop.best_metric, loop.best_step, metric, {})
 
-  log = MetricsLog(workdir, resume_step=start)
+  log = MetricsLog(workdir, resume_step=start, write=primary)
   # disable=None: tqdm turns itself off when stderr is not a terminal (CI logs, files).
-  bar = tqdm(total=run.total_steps, initial=step, unit="step", disable=None if t.progress_bar else True,
+  bar = tqdm(total=run.total_steps, initial=step, unit="step", disable=None if t.progress_bar and primary else True,
              dynamic_ncols=True)
+  say = bar.write if primary else (lambda msg: None)
+  multi = distributed.multi_process()
   status = "finished"
   try:
     with StopSignals() as stop:
-      t0, since = time.perf_counter(), 0
+      t0, since, stopped_by = time.perf_counter(), 0, None
       while step < run.total_steps and not loop.stopped_early:
-        metrics = executor.train_step(next(it))
+        metrics = executor.train_step(next(it), t.batch_size)
         step += 1
         since += 1
         bar.update(1)
         if on_step is not None:
           on_step(step)
         if step % t.log_every == 0 or step == run.total_steps:
-          host = jax.device_get(metrics)  # waits for the step: the timing below is honest
+          host = distributed.to_host(metrics)  # waits for the step: the timing below is honest
           dt = time.perf_counter() - t0
           flat = log.write(step, "train", {**host, "examples_per_s": since * t.batch_size / dt})
           bar.set_postfix(loss=f"{flat['loss']:.4f}", ex_s=f"{flat['examples_per_s']:.0f}")
@@ -206,12 +220,15 @@ def train(cfg: Config, *, on_step: Callable[[int], None] | None = None,
         if t.eval_every > 0 and step % t.eval_every == 0:
           validate()
           t0, since = time.perf_counter(), 0
-        if stop.signum is not None and step < run.total_steps:
+        stopped_by = stop.signum
+        if multi:  # every process stops at the same (logging) step, or the others would wait for it forever
+          stopped_by = (distributed.max_over_processes(stop.signum or 0) or None) if step % t.log_every == 0 else None
+        if stopped_by is not None and step < run.total_steps:
           status = "interrupted"
           save()
           ckpts.wait()
-          bar.write(f"stopped by {signal.Signals(stop.signum).name} at step {step}; checkpoint saved in "
-                    f"{ckpts.root}. Re-run the same command to resume.")
+          say(f"stopped by {signal.Signals(stopped_by).name} at step {step}; checkpoint saved in "
+              f"{ckpts.root}. Re-run the same command to resume.")
           break
         if t.checkpoint_every > 0 and step % t.checkpoint_every == 0 and step < run.total_steps \
             and not loop.stopped_early:
@@ -227,4 +244,4 @@ def train(cfg: Config, *, on_step: Callable[[int], None] | None = None,
     log.close()
     bar.close()
   return TrainResult(status, step, run.total_steps, loop.best_metric, loop.best_step, metric, last_eval,
-                     stop.signum if status == "interrupted" else None)
+                     stopped_by if status == "interrupted" else None)

@@ -1,7 +1,8 @@
 """Metric records: ``WORKDIR/metrics.jsonl`` (one JSON object per line) and TensorBoard events (tensorboardX).
 
 On resume from step n, records after n left by the interrupted run are dropped (the file is rewritten atomically and
-TensorBoard is told to purge them), so the logs read as if the run had never stopped.
+TensorBoard is told to purge them), so the logs read as if the run had never stopped. With several processes only
+process 0 writes (``write=False`` elsewhere: records are only flattened).
 """
 
 from __future__ import annotations
@@ -35,8 +36,12 @@ def _json_value(x: float) -> float | None:
 class MetricsLog:
   """Appends records to metrics.jsonl and TensorBoard; ``close`` flushes both."""
 
-  def __init__(self, workdir: str | pathlib.Path, *, resume_step: int | None = None, tensorboard: bool = True):
+  def __init__(self, workdir: str | pathlib.Path, *, resume_step: int | None = None, tensorboard: bool = True,
+               write: bool = True):
     self.workdir = pathlib.Path(workdir)
+    self._file, self._tb = None, None
+    if not write:
+      return
     self.workdir.mkdir(parents=True, exist_ok=True)
     self.path = self.workdir / "metrics.jsonl"
     if resume_step is not None:
@@ -44,7 +49,6 @@ class MetricsLog:
     elif self.path.exists():
       self.path.unlink()  # a fresh run in an old workdir starts a fresh log
     self._file = open(self.path, "a", encoding="utf-8")
-    self._tb = None
     if tensorboard:
       from tensorboardX import SummaryWriter  # noqa: PLC0415  (optional dependency)
 
@@ -68,6 +72,8 @@ class MetricsLog:
   def write(self, step: int, split: str, metrics: Mapping[str, Any]) -> dict[str, float]:
     """Records ``metrics`` of ``split`` (train | valid | test) at ``step``; returns the flattened values."""
     flat = flatten_metrics(metrics)
+    if self._file is None:
+      return flat
     record = {"step": int(step), "split": split, **{k: _json_value(v) for k, v in flat.items()}}
     self._file.write(json.dumps(record) + "\n")
     self._file.flush()
@@ -77,6 +83,7 @@ class MetricsLog:
     return flat
 
   def close(self) -> None:
-    self._file.close()
+    if self._file is not None:
+      self._file.close()
     if self._tb is not None:
       self._tb.close()
