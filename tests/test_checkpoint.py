@@ -213,3 +213,16 @@ def test_eval_script_restores_best_and_writes_json(uninterrupted, capsys):
   assert len(at_best) == 1
   for k in ("logloss", "auc", "gauc"):
     assert valid["metrics"][k] == pytest.approx(at_best[0][k], rel=1e-6), k  # 1 vs 2 devices: float32 sums
+
+
+def test_array_record_format_trains_the_same_run(uninterrupted, cache, tmp_path):
+  """data.format='array_record' reads the train rows from the on-disk copy: the same losses and parameters (CTR, with
+  per-epoch negatives); a resume may switch the format, since the batches are the same."""
+  pytest.importorskip("tensorflow_datasets")
+  pytest.importorskip("array_record")
+  cfg = tiny_config(tmp_path, cache)
+  cfg.data.format = "array_record"
+  assert train(cfg).status == "finished"
+  assert train_records(tmp_path) == train_records(uninterrupted)
+  assert_same_params(params_of(tmp_path, STEPS), params_of(uninterrupted, STEPS))
+  assert train(tiny_config(tmp_path, cache)).status == "already_done"  # numpy again: accepted as the same run

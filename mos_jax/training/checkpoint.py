@@ -123,11 +123,12 @@ class Checkpoints:
 
   def check_compatible(self, step: int, cfg: config_lib.Config, kind: str = "latest") -> None:
     """Refuses a checkpoint written by a different model or data config: the parameters would not fit or mean the
-    same, or the resumed run would silently read other examples. (Where prepared copies live does not matter.)"""
+    same, or the resumed run would silently read other examples. (Where prepared copies live, and whether rows are
+    read from memory or the ArrayRecord copy, does not matter: the batches are the same.)"""
     saved = self.saved_config(step, kind)
     differences = config_lib.diff(saved.model, cfg.model, prefix="model.")
     differences += [d for d in config_lib.diff(saved.data, cfg.data, prefix="data.")
-                    if not d.startswith("data.cache_dir:")]
+                    if not d.startswith(("data.cache_dir:", "data.format:"))]
     if differences:
       lines = "\n  ".join(f"{d}  (checkpoint vs now)" for d in differences)
       what = "model" if all(d.startswith("model.") for d in differences) else "model or data"

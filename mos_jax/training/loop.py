@@ -124,18 +124,27 @@ def train(cfg: Config, *, on_step: Callable[[int], None] | None = None,
   metric, mode = early_stop_metric(cfg)
   # data.seed drives the train order and the train negatives, redrawn every epoch (a function of the epoch, so a
   # resumed run continues exactly); valid/test negatives are fixed in the prepared folder.
-  train_arrays = run.dataset.split("train", task, seed=cfg.data.seed)
+  # data.format='array_record': the train rows are read batch by batch from the on-disk ArrayRecord copy (the same
+  # batches and state as the in-memory path, docs/data.md); evaluation splits stay in memory.
+  records = cfg.data.format == "array_record"
+  train_arrays = None if records else run.dataset.split("train", task, seed=cfg.data.seed)
   item_counts = None
   if task == "next" and t.next_loss == "sampled" and t.sampled_proposal == "popularity":
-    item_counts = np.bincount(train_arrays["target_item"], minlength=cfg.model.num_items + 1)[1:]
+    targets = run.dataset.events["item"][run.dataset.targets["train_target"]] if records \
+        else train_arrays["target_item"]
+    item_counts = np.bincount(targets, minlength=cfg.model.num_items + 1)[1:]
   executor = Executor(t, run.graphdef, run.tx, run.schedule, task, run.state, devices, item_counts=item_counts)
   ckpts = ckpt_lib.Checkpoints(workdir, keep=t.keep, async_save=t.async_checkpoints)
-  epoch_fields = run.dataset.epoch_fields(train_arrays, seed=cfg.data.seed) if task == "ctr" else None
+  epoch_fields = None
+  if task == "ctr":
+    epoch_fields = run.dataset.train_epoch_fields(seed=cfg.data.seed) if records \
+        else run.dataset.epoch_fields(train_arrays, seed=cfg.data.seed)
   # With several processes each loads its rows of every global batch; the iterator's state does not depend on it.
   shard_index, shard_count = executor.batch_shard(t.batch_size)
-  it = data_lib.make_iterator(train_arrays, batch_size=t.batch_size // shard_count, seed=cfg.data.seed, shuffle=True,
-                              drop_remainder=True, epoch_fields=epoch_fields, shard_index=shard_index,
-                              shard_count=shard_count)
+  iterator_args = dict(batch_size=t.batch_size // shard_count, seed=cfg.data.seed, shuffle=True, drop_remainder=True,
+                       epoch_fields=epoch_fields, shard_index=shard_index, shard_count=shard_count)
+  it = data_lib.make_record_iterator(run.dataset.path, "train", task, **iterator_args) if records \
+      else data_lib.make_iterator(train_arrays, **iterator_args)
   loop = ckpt_lib.LoopState()
   start = ckpts.latest_step()
   if start is not None:
