@@ -353,8 +353,13 @@ def worker_main(spec_path: str, result_path: str) -> int:
   spec = json.loads(pathlib.Path(spec_path).read_text())
   if spec["device"] == "cpu" and spec.get("cpu_threads", 0) > 0:  # before jax / torch start their thread pools
     os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:spec["cpu_threads"]]))
+  from mos_jax.runtime import tune_host_allocator  # noqa: PLC0415
+
+  # The same glibc settings for both frameworks' processes: what train.py runs with (MOS_JAX_MALLOC=default: none).
+  allocator = "tuned" if tune_host_allocator() else "default"
   try:
     res = run_jax(spec) if MODES[spec["mode"]]["framework"] == "jax" else run_torch(spec)
+    res["host_allocator"] = allocator
   except Exception as e:  # noqa: BLE001  (reported in the row, the other rows go on)
     res = dict(error=f"{type(e).__name__}: {str(e)[:400]}")
   pathlib.Path(result_path).write_text(json.dumps(res, default=str))
