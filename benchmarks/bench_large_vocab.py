@@ -57,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   return p.parse_args(argv)
 
 
-def _status_kib(field: str) -> int:
+def status_kib(field: str) -> int:
   """A ``kB`` field of /proc/self/status (VmHWM = peak resident set, VmRSS = current)."""
   with open("/proc/self/status") as f:
     for line in f:
@@ -68,7 +68,7 @@ def _status_kib(field: str) -> int:
 
 def _watchdog(limit_kib: float) -> None:
   while True:
-    if _status_kib("VmRSS") > limit_kib:
+    if status_kib("VmRSS") > limit_kib:
       print(json.dumps({"error": f"resident memory above --max_rss_gib ({limit_kib / 2**20:.1f} GiB): stopped"}),
             flush=True)
       os._exit(3)
@@ -147,7 +147,7 @@ def child(a: argparse.Namespace) -> dict[str, Any]:
     row.update(batch=a.batch, num_sampled=a.num_sampled if run == "sampled" else None,
                loss=float(out["m"]["loss"]))
   row.update(compile_and_first_s=round(first, 2), step_s=round(med, 3), examples_per_s=round(row["batch"] / med, 1),
-             peak_rss_bytes=_status_kib("VmHWM") * 1024)
+             peak_rss_bytes=status_kib("VmHWM") * 1024)
   return row
 
 

@@ -59,6 +59,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from anywhere without installing
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from bench_large_vocab import status_kib  # noqa: E402  (VmHWM / VmRSS of this process)
 from compare_torch import PEAKS, cpu_peak  # noqa: E402  (one device peak table, not a copy)
 
 F32 = 4
@@ -350,14 +351,6 @@ def abstract_step_costs(cfg, batch: int, common: dict[str, Any]) -> dict[str, fl
 # ----------------------------------------------------------------------------------------------- CPU measurement
 
 
-def _status_kib(field: str) -> int:
-  with open("/proc/self/status") as f:
-    for line in f:
-      if line.startswith(field + ":"):
-        return int(line.split()[1])
-  raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def measure_child(spec: dict[str, Any], common: dict[str, Any], steps: int, warmup: int) -> dict[str, Any]:
   """One CPU point, inside its subprocess: compile bench_model's step once, time it, read XLA's costs and VmHWM."""
   import jax  # noqa: PLC0415
@@ -375,7 +368,7 @@ def measure_child(spec: dict[str, Any], common: dict[str, Any], steps: int, warm
   t0 = time.perf_counter()
   compiled = train_step.lower(params, opt_state, rest, batch).compile()
   compile_s = time.perf_counter() - t0
-  process_peak = 1024 * _status_kib("VmHWM")  # so far: imports + compilation
+  process_peak = 1024 * status_kib("VmHWM")  # so far: imports + compilation
   # The training-time peak is what a device holds; compilation runs on the host. Return the compiler's freed heap to
   # the OS, then restart the peak count (Linux: writing 5 to clear_refs resets VmHWM to the current RSS).
   ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -389,7 +382,7 @@ def measure_child(spec: dict[str, Any], common: dict[str, Any], steps: int, warm
     loss.block_until_ready()
     if i >= warmup:
       times.append(time.perf_counter() - t0)
-  step_peak = 1024 * _status_kib("VmHWM")
+  step_peak = 1024 * status_kib("VmHWM")
   return dict(xla=xla_costs(compiled), step_s=statistics.median(times), step_times_s=times, compile_s=compile_s,
               peak_rss_bytes=step_peak, process_peak_rss_bytes=max(process_peak, step_peak), loss=float(loss),
               jax=jax.__version__)
