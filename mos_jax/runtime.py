@@ -4,9 +4,11 @@ Host allocator (XLA:CPU): stop glibc from returning memory to the kernel between
 
 XLA:CPU allocates each step's temporary buffers with ``malloc`` from its worker threads. glibc serves those from
 per-thread arenas whose heaps are unmapped as soon as they are free again, so every step maps fresh pages and pays a
-page fault per 4 KiB: for the default MoS run about 30,000 faults (120 MB) per train step, a third of the process's
-CPU time in the kernel. One arena, no ``mmap`` for large blocks and no trimming keep the pages mapped and reused:
-the faults fall by 15x and the kernel time by 10x (docs/performance.md, "Host allocator"). The price is that the
+page fault per 4 KiB: for the default MoS run about 50,000 faults per train step, a third of the process's CPU time
+in the kernel. One arena, no ``mmap`` for large blocks and no trimming keep the pages mapped and reused: the default
+run's faults fall from 61 M to under 0.5 M, its kernel time from 115 s to 5-17 s, and with a warm compilation cache
+its train step is 1.4x faster (docs/performance.md, "The default run on this machine"; there too: after an
+in-process cold compile the steps are slower than after a cache load, a cause not found yet). The price is that the
 process keeps its peak heap instead of giving memory back, which a training process does not need to do.
 
 Called by the entry points (``start_jax``) before JAX starts its threads; ``MOS_JAX_MALLOC=default`` leaves glibc's

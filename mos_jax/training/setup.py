@@ -15,6 +15,7 @@ import optax
 from flax import nnx
 
 from mos_jax.config import Config
+from mos_jax.models.config import ModelConfig
 from mos_jax.training import optimizer as optimizer_lib
 from mos_jax.training import step as step_lib
 
@@ -56,7 +57,7 @@ def total_steps(cfg: Config, num_train: int) -> int:
   return max(1, math.ceil(t.num_epochs * num_train / t.batch_size))
 
 
-def init_model_state(model_cfg: Any, seed: int,
+def init_model_state(model_cfg: ModelConfig, seed: int,
                      tx: optax.GradientTransformation) -> tuple[nnx.GraphDef, step_lib.TrainState]:
   """(graphdef, initial TrainState) of ``build_model(model_cfg, rngs=nnx.Rngs(seed))`` and ``tx``.
 
