@@ -40,6 +40,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from anywhere without installing
 
 from mos_jax.experiments import sweep  # noqa: E402
+from mos_jax.runtime import compilation_cache_dir  # noqa: E402
 
 HOSTS = ("sasrec", "gru4rec", "din", "transact", "sdim", "twin", "mamba4rec")
 MODELS = ("backbone", "gshard", "expert_choice", "dselect_k", "mos")
@@ -204,8 +205,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str]) -> int:
   a = parse_args(argv)
   # train.py / eval.py subprocesses inherit this: a cell's compiled steps are reused by its other seeds.
-  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ.get(
-      "MOS_JAX_COMPILATION_CACHE", os.path.expanduser("~/.cache/mos_jax/jax_cache")))
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", compilation_cache_dir())
   out = pathlib.Path(a.out)
   t0 = time.perf_counter()
   summaries, params = {}, {}
