@@ -2,7 +2,8 @@
 
   python benchmarks/grid.py --out=runs/grid                        # full: 7 hosts x 5 models x 3 seeds x 2 datasets
   python benchmarks/grid.py --out=runs/grid_quick --quick          # <= 15 min on 2 cores (see --quick below)
-  python benchmarks/grid.py --out=runs/grid --hosts=sasrec,twin --seeds=0,1 --steps=400
+  python benchmarks/grid.py --out=runs/grid --hosts=sasrec,twin --seeds=0,1 --steps=200
+  python benchmarks/grid.py --out=runs/grid --collect               # table of the cells finished so far
 
 For every (dataset, host) it runs the multi-seed runner ``mos_jax.experiments.sweep`` (train.py then eval.py
 --rules per variant and seed, each in its own subprocess; finished runs are skipped, so re-running completes an
@@ -18,11 +19,14 @@ seeds, forward MFLOPs per example, parameters, train examples/s), the relative A
 plain host (and its mean over hosts, the paper's headline: +0.68% AUC, +0.72% GAUC), and the best rule baseline of
 each dataset. Per-(dataset, host) sweep tables stay in ``OUT/<dataset>/<host>/summary.md``.
 
-Full defaults: all 7 hosts, seeds 0,1,2, 1200 steps at batch 128 (about 4 epochs of the synthetic data, 9 of the
-Taobao head), 4 validations, D = H = 32, K = E = 4. ``--quick``: hosts sasrec and din (one target-blind, one
-target-aware host), seed 0 only (so no sd), 60 steps at batch 64, one validation, D = H = 16, on the datasets'
-default preparations (configs/default.py, configs/taobao_ctr.py, so cached prepared data are reused): 2 x 2 x 5 = 20
-cells, measured in docs/baselines.md ("The grid"). Explicit flags override the --quick values.
+Full defaults: all 7 hosts, seeds 0,1,2, 400 steps at batch 128 (1.3 epochs of the synthetic data, 3.2 of the
+Taobao head: a budget that fits the grid into hours, not days, on 2 cores; docs/results.md gives the measured
+time), 2 validations, D = H = 32, K = E = 4. ``--quick``: hosts sasrec and din (one target-blind, one target-aware
+host), seed 0 only (so no sd), 60 steps at batch 64, one validation, D = H = 16, on the datasets' default
+preparations (configs/default.py, configs/taobao_ctr.py, so cached prepared data are reused): 2 x 2 x 5 = 20 cells,
+measured in docs/baselines.md ("The grid"). Explicit flags override the --quick values. ``--collect`` trains nothing
+and tabulates the cells finished so far (listing the others): a grid too long for one sitting can be read while it
+runs or after an interruption.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ MODELS = ("backbone", "gshard", "expert_choice", "dselect_k", "mos")
 DATASETS = {"synthetic": "configs/default.py", "taobao": "configs/taobao_ctr.py"}
 METRICS = ("auc", "gauc", "logloss")
 QUICK = dict(hosts="sasrec,din", seeds="0", steps=60, batch=64, dim=16, evals=1)
-FULL = dict(hosts=",".join(HOSTS), seeds="0,1,2", steps=1200, batch=128, dim=32, evals=4)
+FULL = dict(hosts=",".join(HOSTS), seeds="0,1,2", steps=400, batch=128, dim=32, evals=2)
 
 
 # -- pure parts (tests/test_grid.py) ----------------------------------------------------------------------------------
@@ -119,7 +123,7 @@ def _pct(v: float) -> str:
 
 
 def markdown(rows: Sequence[Mapping[str, Any]], lift_table: Mapping[str, Any], rules: Mapping[str, Any],
-             title: str, command: str) -> str:
+             title: str, command: str, missing: Mapping[str, Sequence[str]] | None = None) -> str:
   lines = [f"### {title}", "", "| dataset | host | model | AUC | GAUC | logloss | fwd MFLOPs/ex | params | "
            "train ex/s | seeds |", "|---|---|---|---|---|---|---:|---:|---:|---:|"]
   for r in rows:
@@ -138,6 +142,9 @@ def markdown(rows: Sequence[Mapping[str, Any]], lift_table: Mapping[str, Any], r
       lines.append(f"| {dataset} | {host} | {_pct(v['auc'])} | {_pct(v['gauc'])} |")
     lines.append(f"| {dataset} | **mean over hosts** | {_pct(d['mean_auc'])} | {_pct(d['mean_gauc'])} |")
   lines += ["", f"Command: `{command}`"]
+  if missing:
+    lines += ["", "Not finished, so not in the tables: " + "; ".join(
+        f"{block}: {', '.join(cells)}" for block, cells in missing.items()) + "."]
   return "\n".join(lines) + "\n"
 
 
@@ -185,6 +192,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p.add_argument("--evals", type=int, default=None, help="validations per cell (the best checkpoint is tested)")
   p.add_argument("--themes", type=int, default=4, help="K themes (MoS) = E experts (MoE)")
   p.add_argument("--split", default="test", choices=("valid", "test"))
+  p.add_argument("--collect", action="store_true",
+                 help="train nothing: tabulate the cells finished so far and list the others")
   a, extra = p.parse_known_args(argv)
   bad = [x for x in extra if not x.startswith("--config.") or "=" not in x]
   if bad:
@@ -208,19 +217,24 @@ def main(argv: Sequence[str]) -> int:
   os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", compilation_cache_dir())
   out = pathlib.Path(a.out)
   t0 = time.perf_counter()
-  summaries, params = {}, {}
+  summaries, params, missing = {}, {}, {}
   for dataset in a.datasets:
     for host in a.hosts:
       folder = out / dataset / host
       sweep_argv = [f"--config={DATASETS[dataset]}", f"--seeds={a.seeds}", f"--out={folder}", f"--split={a.split}",
                     f"--title={dataset} / {host}", *shared_overrides(a, host)]
-      sweep_argv += [f"--variant={m}=--config.model.name={m}" for m in a.models]
+      sweep_argv += [f"--variant={m}=--config.model.name={m}" for m in a.models] + (["--collect"] if a.collect else [])
       print(f"== {dataset} / {host} ({(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
       if sweep.main(sweep_argv) != 0:
+        if a.collect:  # nothing finished in this block (sweep said why)
+          missing[f"{dataset} / {host}"] = ["every cell"]
+          continue
         print(f"error: the sweep of {dataset} / {host} failed (logs under {folder})", file=sys.stderr)
         return 1
       summary = json.loads((folder / "summary.json").read_text())
       summaries[(dataset, host)] = summary["aggregate"]
+      if summary.get("missing"):
+        missing[f"{dataset} / {host}"] = summary["missing"]
       for m in a.models:
         params[(dataset, host, m)] = count_params(folder / m / f"seed{a.seeds.split(',')[0]}")
   rows = table_rows(summaries, params)
@@ -228,12 +242,12 @@ def main(argv: Sequence[str]) -> int:
   command = "python benchmarks/grid.py " + " ".join(argv)
   minutes = (time.perf_counter() - t0) / 60
   md = markdown(rows, lift_table, rules, f"Grid ({', '.join(a.datasets)}; {a.steps} steps x batch {a.batch} per "
-                f"cell, D = H = {a.dim}, K = E = {a.themes}, {a.split} split)", command)
+                f"cell, D = H = {a.dim}, K = E = {a.themes}, {a.split} split)", command, missing)
   md += f"\nWall time of this invocation: {minutes:.1f} min.\n"
   out.mkdir(parents=True, exist_ok=True)
   for name, text in (("grid.md", md), ("grid.json", json.dumps(
       {"command": command, "args": vars(a), "rows": rows, "lifts": lift_table,
-       "best_rules": rules, "wall_min": minutes}, indent=1, allow_nan=True))):
+       "best_rules": rules, "missing": missing, "wall_min": minutes}, indent=1, allow_nan=True))):
     sweep.write_text_atomic(out / name, text)
   print(md)
   return 0

@@ -70,6 +70,8 @@ def test_best_rule_and_markdown(summaries):
   assert "| synthetic | best rule: `in_history` | — | 0.6100 | 0.6000 | — |" in md
   assert "| synthetic | sasrec | +5.00% | +5.71% |" in md
   assert "| synthetic | **mean over hosts** | +1.50% |" in md
+  md = grid.markdown(rows, {}, {}, "t", "c", {"taobao / din": ["every cell"], "synthetic / sasrec": ["mos seed 2"]})
+  assert "Not finished, so not in the tables: taobao / din: every cell; synthetic / sasrec: mos seed 2." in md
 
 
 def test_flags_quick_defaults_and_errors(capsys):
@@ -80,8 +82,15 @@ def test_flags_quick_defaults_and_errors(capsys):
   assert "--config.model.backbone=din" in over and "--config.train.num_steps=60" in over
   assert "--config.train.eval_every=60" in over and over[-1] == "--config.data.neg_ratio=2"
   full = grid.parse_args(["--out=x", "--steps=100"])
-  assert full.hosts == list(grid.HOSTS) and full.seeds == "0,1,2" and full.evals == 4
-  assert "--config.train.eval_every=25" in grid.shared_overrides(full, "sasrec")
+  assert full.hosts == list(grid.HOSTS) and full.seeds == "0,1,2" and full.evals == 2
+  assert "--config.train.eval_every=50" in grid.shared_overrides(full, "sasrec")
   with pytest.raises(SystemExit):
     grid.parse_args(["--out=x", "--hosts=nope"])
   assert "--hosts: unknown ['nope']" in capsys.readouterr().err
+
+
+def test_collect_before_any_cell_finished_lists_every_block(tmp_path):
+  assert grid.main([f"--out={tmp_path}", "--collect", "--hosts=sasrec,din", "--datasets=taobao", "--seeds=0"]) == 0
+  md = (tmp_path / "grid.md").read_text()
+  assert "Not finished, so not in the tables: taobao / sasrec: every cell; taobao / din: every cell." in md
+  assert not list(tmp_path.glob("*/*/*/seed0"))  # collecting trains nothing

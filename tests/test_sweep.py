@@ -91,3 +91,21 @@ def test_markdown_reference_column():
   assert "| backbone | 0.7100 ± 0.0100 |" in md and md.count("| — | — |") >= 1
   with pytest.raises(ValueError, match="no such variant"):
     sweep.markdown(agg, "t", reference="gshard")
+
+
+def test_collect_tabulates_finished_runs_and_lists_the_rest(tmp_path, capsys):
+  import argparse
+  import json
+
+  argv = [f"--out={tmp_path}", "--seeds=0,1", "--variant=mos=", "--collect"]
+  assert sweep.main(argv) == 1 and "no finished run" in capsys.readouterr().err  # nothing trained, nothing to show
+  args = argparse.Namespace(out=str(tmp_path), split="test", config="configs/default.py", rules=True)
+  wd, train_cmd, eval_cmd = sweep._commands(args, sweep.Variant("mos", []), 0, [])
+  wd.mkdir(parents=True)
+  record = {**_record("mos", 0, 0.8, 0.7, 0.6), "train_cmd": " ".join(train_cmd[1:]), "eval_cmd": " ".join(eval_cmd[1:])}
+  (wd / "sweep_run.json").write_text(json.dumps(record))
+  (wd / "eval_test.json").write_text(json.dumps(record["eval"]))
+  assert sweep.main(argv) == 0
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert summary["missing"] == ["mos seed 1"] and summary["aggregate"]["variants"]["mos"]["seeds"] == [0]
+  assert "Not finished, so not in the table: mos seed 1." in (tmp_path / "summary.md").read_text()

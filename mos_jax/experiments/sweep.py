@@ -8,7 +8,8 @@ Each run is two subprocesses, exactly the commands a user would type (so a sweep
 ``python train.py --config=C <shared> <variant> --config.seed=K --config.data.seed=K --workdir=OUT/<variant>/seed<K>``
 then ``python eval.py --workdir=... --split=SPLIT --rules``. ``seed`` (init, dropout) and ``data.seed`` (training
 negatives and order) move together; ``data.split_seed`` stays fixed, so every seed is scored on the same rows.
-A finished run (its eval file exists) is not run again: re-running the command completes an interrupted sweep.
+A finished run (its eval file exists) is not run again: re-running the command completes an interrupted sweep;
+``--collect`` trains nothing and tabulates the runs finished so far (the others are listed under the table).
 
 Outputs: ``OUT/summary.json`` (every run's metrics and the aggregates) and ``OUT/summary.md`` (one table: variants,
 then the best rule of the same rows, metrics as mean ± sd over seeds on all rows and on the session-start slice,
@@ -108,27 +109,44 @@ def _write_json(path: pathlib.Path, obj: Any) -> None:
   write_text_atomic(path, json.dumps(obj, indent=1, allow_nan=True))
 
 
-def run_one(args: argparse.Namespace, variant: Variant, seed: int, shared: list[str]) -> dict[str, Any]:
-  """Trains and evaluates one (variant, seed); a finished step with the same command is not run again.
-
-  ``sweep_train.json`` (command, wall time) marks a finished training, ``sweep_run.json`` the whole record. A folder
-  left by a different command is refused rather than silently reused.
-  """
+def _commands(args: argparse.Namespace, variant: Variant, seed: int, shared: list[str]
+              ) -> tuple[pathlib.Path, list[str], list[str]]:
+  """(workdir, train command, eval command) of one (variant, seed)."""
   wd = pathlib.Path(args.out) / variant.name / f"seed{seed}"
-  eval_file = wd / f"eval_{args.split}.json"
-  record_file, train_file = wd / "sweep_run.json", wd / "sweep_train.json"
   train_cmd = [sys.executable, "train.py", f"--config={args.config}", *shared, *variant.overrides,
                f"--config.seed={seed}", f"--config.data.seed={seed}", f"--workdir={wd}"]
   eval_cmd = [sys.executable, "eval.py", f"--workdir={wd}", f"--split={args.split}"] + (["--rules"] if args.rules else [])
+  return wd, train_cmd, eval_cmd
+
+
+def finished_record(args: argparse.Namespace, variant: Variant, seed: int, shared: list[str]) -> dict[str, Any] | None:
+  """The record of a finished (variant, seed) run of this very command, or None when it has not finished.
+
+  ``sweep_train.json`` (command, wall time) marks a finished training, ``sweep_run.json`` the whole record. A folder
+  left by a different command raises RuntimeError rather than being silently reused.
+  """
+  wd, train_cmd, eval_cmd = _commands(args, variant, seed, shared)
   cmd_text, eval_text = " ".join(train_cmd[1:]), " ".join(eval_cmd[1:])
-  for f in (record_file, train_file):
+  for f in (wd / "sweep_run.json", wd / "sweep_train.json"):
     if f.exists() and json.loads(f.read_text())["train_cmd"] != cmd_text:
       raise RuntimeError(f"{wd} holds a run of another command ({f.name}: {json.loads(f.read_text())['train_cmd']!r}"
                          f", now {cmd_text!r}); use another --out or remove that folder")
-  if record_file.exists() and eval_file.exists():
+  record_file = wd / "sweep_run.json"
+  if record_file.exists() and (wd / f"eval_{args.split}.json").exists():
     record = json.loads(record_file.read_text())
     if record.get("eval_cmd", eval_text) == eval_text:
       return record
+  return None
+
+
+def run_one(args: argparse.Namespace, variant: Variant, seed: int, shared: list[str]) -> dict[str, Any]:
+  """Trains and evaluates one (variant, seed); a finished step with the same command is not run again."""
+  record = finished_record(args, variant, seed, shared)
+  if record is not None:
+    return record
+  wd, train_cmd, eval_cmd = _commands(args, variant, seed, shared)
+  cmd_text, eval_text = " ".join(train_cmd[1:]), " ".join(eval_cmd[1:])
+  train_file = wd / "sweep_train.json"
   wd.mkdir(parents=True, exist_ok=True)
   print(f"[{variant.name} seed {seed}] {cmd_text}", flush=True)
   if train_file.exists():
@@ -139,8 +157,8 @@ def run_one(args: argparse.Namespace, variant: Variant, seed: int, shared: list[
   _run(eval_cmd, wd / "eval.log")
   record = {"variant": variant.name, "seed": seed, "workdir": str(wd), "train_cmd": cmd_text, "eval_cmd": eval_text,
             "train_wall_s": train_s, "train_examples_per_s": train_throughput(wd), "flops": forward_flops(wd),
-            "eval": json.loads(eval_file.read_text())}
-  _write_json(record_file, record)
+            "eval": json.loads((wd / f"eval_{args.split}.json").read_text())}
+  _write_json(wd / "sweep_run.json", record)
   return record
 
 
@@ -253,6 +271,8 @@ def main(argv: list[str]) -> int:
   p.add_argument("--split", default="test", choices=("valid", "test"))
   p.add_argument("--no-rules", dest="rules", action="store_false", help="skip the rule baselines in eval.py")
   p.add_argument("--title", default="", help="heading of the markdown table")
+  p.add_argument("--collect", action="store_true",
+                 help="train nothing: tabulate the finished runs and list the ones not finished")
   p.add_argument("--reference", default=None,
                  help="variant to compare every other variant with (gap in sd of the difference, win/tie/loss)")
   args, shared = p.parse_known_args(argv)
@@ -273,14 +293,21 @@ def main(argv: list[str]) -> int:
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   t0 = time.perf_counter()
-  records = []
+  records, missing = [], []
   for v in variants:
     for s in seeds:
       try:
-        records.append(run_one(args, v, s, shared))
+        record = finished_record(args, v, s, shared) if args.collect else run_one(args, v, s, shared)
       except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+      if record is None:
+        missing.append(f"{v.name} seed {s}")
+      else:
+        records.append(record)
+  if not records:
+    print(f"error: no finished run under {out} to tabulate", file=sys.stderr)
+    return 1
   task = records[0]["eval"]["task"]
   agg = aggregate(records, task)
   title = args.title or f"{args.config} ({records[0]['eval']['dataset']}, {task}, {args.split} split)"
@@ -289,8 +316,10 @@ def main(argv: list[str]) -> int:
   total = sum(r["train_wall_s"] for r in records if math.isfinite(r["train_wall_s"]))
   md += f"\nCommand: `{cmd}`; train wall time of all runs {total / 60:.1f} min (this invocation " \
         f"{(time.perf_counter() - t0) / 60:.1f} min).\n"
+  if missing:
+    md += f"\nNot finished, so not in the table: {', '.join(missing)}.\n"
   for name, text in (("summary.md", md), ("summary.json", json.dumps(
-      {"command": cmd, "aggregate": agg, "runs": records}, indent=1, allow_nan=True))):
+      {"command": cmd, "aggregate": agg, "runs": records, "missing": missing}, indent=1, allow_nan=True))):
     write_text_atomic(out / name, text)
   print(md)
   return 0
