@@ -15,7 +15,8 @@ import grid  # noqa: E402
 def _record(variant, seed, auc, gauc):
   ev = {"task": "ctr", "dataset": "synthetic", "metrics": {"auc": auc, "gauc": gauc, "logloss": 0.6 - auc / 10},
         "slices": {}, "rules": {"in_history": {"all": {"auc": 0.61, "gauc": 0.6}},
-                                "popularity": {"all": {"auc": 0.55, "gauc": 0.52}}}}
+                                "popularity": {"all": {"auc": 0.55, "gauc": 0.52}},
+                                "generator": {"all": {"auc": 0.97, "gauc": 0.96}}}}
   return {"variant": variant, "seed": seed, "train_wall_s": 1.0, "train_examples_per_s": 1000.0 + seed,
           "flops": {"mos": 3e6, "backbone": 2e6}.get(variant, 4e6), "eval": ev}
 
@@ -63,11 +64,15 @@ def test_best_rule_and_markdown(summaries):
   rules = grid.best_rules(summaries)
   assert list(rules) == ["synthetic"] and math.isnan(rules["synthetic"].pop("logloss"))  # rules give no logloss
   assert rules == {"synthetic": {"rule": "in_history", "auc": 0.61, "gauc": 0.6}}
-  md = grid.markdown(rows, grid.lifts(rows), grid.best_rules(summaries), "t", "python benchmarks/grid.py --quick")
+  oracles = grid.best_rules(summaries, oracle=True)
+  assert oracles["synthetic"]["rule"] == "generator"  # the oracle is a ceiling, never the "best rule"
+  md = grid.markdown(rows, grid.lifts(rows), grid.best_rules(summaries), "t", "python benchmarks/grid.py --quick",
+                     oracles=oracles)
   assert "| synthetic | sasrec | mos | 0.8400 ± 0.0283 | 0.7400 ± 0.0283 |" in md
   assert "| 3.00 | 1,234 | 1000 ± 1 | 2 |" in md
   assert "| synthetic | sasrec | gshard | 0.7000 | 0.6000 |" in md  # one seed: no sd
   assert "| synthetic | best rule: `in_history` | — | 0.6100 | 0.6000 | — |" in md
+  assert "| synthetic | oracle rule (a ceiling): `generator` | — | 0.9700 | 0.9600 | — |" in md
   assert "| synthetic | sasrec | +5.00% | +5.71% |" in md
   assert "| synthetic | **mean over hosts** | +1.50% |" in md
   md = grid.markdown(rows, {}, {}, "t", "c", {"taobao / din": ["every cell"], "synthetic / sasrec": ["mos seed 2"]})

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 RULE_NAMES = ("popularity", "in_history", "in_last_session", "category_in_history", "recency")
 SYNTHETIC_RULES = ("generator",)
+ORACLE_RULES = ("generator",)  # know how the data were made: a ceiling to read results against, not a baseline
 KS = (5, 10, 20, 50)
 
 
