@@ -85,14 +85,20 @@ def lift(new: float, base: float) -> float:
 
 def lifts(rows: Sequence[Mapping[str, Any]], *, model: str = "mos", base: str = "backbone"
           ) -> dict[str, dict[str, Any]]:
-  """Per dataset: {host: {"auc": %, "gauc": %}} lift of ``model`` over ``base`` (seed means), and their mean."""
+  """Per dataset: {host: {"auc": %, "gauc": %, "auc_z": z, "auc_verdict": v, ...}}: the lift of ``model`` over
+  ``base`` (seed means), its gap in sd of the difference and the verdict of ``sweep.compare`` (win / tie / loss
+  beyond 2 sd; n/a without 2 seeds a side), and the mean lift over hosts."""
   by = {(r["dataset"], r["host"], r["model"]): r for r in rows}
   out: dict[str, dict[str, Any]] = {}
   for dataset, host in dict.fromkeys((r["dataset"], r["host"]) for r in rows):
     if (dataset, host, model) not in by or (dataset, host, base) not in by:
       continue
     new, old = by[(dataset, host, model)], by[(dataset, host, base)]
-    out.setdefault(dataset, {"hosts": {}})["hosts"][host] = {k: lift(new[k][0], old[k][0]) for k in ("auc", "gauc")}
+    cell: dict[str, Any] = {}
+    for k in ("auc", "gauc"):
+      _, cell[f"{k}_z"], cell[f"{k}_verdict"] = sweep.compare(new[k], old[k])
+      cell[k] = lift(new[k][0], old[k][0])
+    out.setdefault(dataset, {"hosts": {}})["hosts"][host] = cell
   for d in out.values():
     for k in ("auc", "gauc"):
       vals = [h[k] for h in d["hosts"].values() if math.isfinite(h[k])]
@@ -130,7 +136,12 @@ def _pct(v: float) -> str:
   return f"{v:+.2f}%" if math.isfinite(v) else "—"
 
 
-def markdown(rows: Sequence[Mapping[str, Any]], lift_table: Mapping[str, Any], rules: Mapping[str, Any],
+def _lift_cell(v: Mapping[str, Any], k: str) -> str:
+  z = v[f"{k}_z"]
+  return f"{_pct(v[k])} ({z:+.1f} sd, {v[k + '_verdict']})" if math.isfinite(z) else _pct(v[k])
+
+
+def markdown(rows: Sequence[Mapping[str, Any]], lift_tables: Mapping[str, Mapping[str, Any]], rules: Mapping[str, Any],
              title: str, command: str, missing: Mapping[str, Sequence[str]] | None = None,
              oracles: Mapping[str, Any] | None = None) -> str:
   lines = [f"### {title}", "", "| dataset | host | model | AUC | GAUC | logloss | fwd MFLOPs/ex | params | "
@@ -145,12 +156,15 @@ def markdown(rows: Sequence[Mapping[str, Any]], lift_table: Mapping[str, Any], r
     for dataset, rule in table.items():
       cells = " | ".join(f"{rule[k]:.4f}" if math.isfinite(rule[k]) else "—" for k in METRICS)
       lines.append(f"| {dataset} | {label}: `{rule['rule']}` | — | {cells} | — | — | — | — |")
-  lines += ["", "Relative lift of MoS over the plain host (seed means; the paper reports +0.68% AUC and +0.72% GAUC "
-            "on average):", "", "| dataset | host | AUC lift | GAUC lift |", "|---|---|---:|---:|"]
-  for dataset, d in lift_table.items():
-    for host, v in d["hosts"].items():
-      lines.append(f"| {dataset} | {host} | {_pct(v['auc'])} | {_pct(v['gauc'])} |")
-    lines.append(f"| {dataset} | **mean over hosts** | {_pct(d['mean_auc'])} | {_pct(d['mean_gauc'])} |")
+  for base, table in lift_tables.items():
+    what = "the plain host (the paper reports +0.68% AUC and +0.72% GAUC on average)" if base == "backbone" else \
+        f"{base} of the same host"
+    lines += ["", f"Relative lift of MoS over {what}; seed means, then the gap in sd of the difference "
+              "(within 2 sd: a tie):", "", "| dataset | host | AUC lift | GAUC lift |", "|---|---|---:|---:|"]
+    for dataset, d in table.items():
+      for host, v in d["hosts"].items():
+        lines.append(f"| {dataset} | {host} | {_lift_cell(v, 'auc')} | {_lift_cell(v, 'gauc')} |")
+      lines.append(f"| {dataset} | **mean over hosts** | {_pct(d['mean_auc'])} | {_pct(d['mean_gauc'])} |")
   lines += ["", f"Command: `{command}`"]
   if missing:
     lines += ["", "Not finished, so not in the tables: " + "; ".join(
@@ -248,15 +262,16 @@ def main(argv: Sequence[str]) -> int:
       for m in a.models:
         params[(dataset, host, m)] = count_params(folder / m / f"seed{a.seeds.split(',')[0]}")
   rows = table_rows(summaries, params)
-  lift_table, rules, oracles = lifts(rows), best_rules(summaries), best_rules(summaries, oracle=True)
+  lift_tables = {base: lifts(rows, base=base) for base in ("backbone", "gshard") if base in a.models}
+  rules, oracles = best_rules(summaries), best_rules(summaries, oracle=True)
   command = "python benchmarks/grid.py " + " ".join(argv)
   minutes = (time.perf_counter() - t0) / 60
-  md = markdown(rows, lift_table, rules, f"Grid ({', '.join(a.datasets)}; {a.steps} steps x batch {a.batch} per "
+  md = markdown(rows, lift_tables, rules, f"Grid ({', '.join(a.datasets)}; {a.steps} steps x batch {a.batch} per "
                 f"cell, D = H = {a.dim}, K = E = {a.themes}, {a.split} split)", command, missing, oracles)
   md += f"\nWall time of this invocation: {minutes:.1f} min.\n"
   out.mkdir(parents=True, exist_ok=True)
   for name, text in (("grid.md", md), ("grid.json", json.dumps(
-      {"command": command, "args": vars(a), "rows": rows, "lifts": lift_table,
+      {"command": command, "args": vars(a), "rows": rows, "lifts": lift_tables,
        "best_rules": rules, "oracle_rules": oracles, "missing": missing, "wall_min": minutes}, indent=1, allow_nan=True))):
     sweep.write_text_atomic(out / name, text)
   print(md)

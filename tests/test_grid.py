@@ -53,6 +53,8 @@ def test_lifts_are_relative_percent_and_averaged(summaries):
   assert lt["hosts"]["sasrec"]["gauc"] == pytest.approx(100 * 0.04 / 0.70)
   assert lt["hosts"]["din"]["auc"] == pytest.approx(-2.0)
   assert lt["mean_auc"] == pytest.approx(1.5)
+  assert lt["hosts"]["sasrec"]["auc_verdict"] == "tie" and lt["hosts"]["sasrec"]["auc_z"] == pytest.approx(
+      0.04 / math.sqrt(2 * 0.02**2 + 2 * 0.01**2))
   assert math.isnan(grid.lift(0.5, 0.0)) and math.isnan(grid.lift(float("nan"), 0.5))
   # A host without its plain backbone has no lift.
   rows = [r for r in grid.table_rows(summaries, {}) if not (r["host"] == "din" and r["model"] == "backbone")]
@@ -66,14 +68,16 @@ def test_best_rule_and_markdown(summaries):
   assert rules == {"synthetic": {"rule": "in_history", "auc": 0.61, "gauc": 0.6}}
   oracles = grid.best_rules(summaries, oracle=True)
   assert oracles["synthetic"]["rule"] == "generator"  # the oracle is a ceiling, never the "best rule"
-  md = grid.markdown(rows, grid.lifts(rows), grid.best_rules(summaries), "t", "python benchmarks/grid.py --quick",
+  md = grid.markdown(rows, {"backbone": grid.lifts(rows)}, grid.best_rules(summaries), "t",
+                     "python benchmarks/grid.py --quick",
                      oracles=oracles)
   assert "| synthetic | sasrec | mos | 0.8400 ± 0.0283 | 0.7400 ± 0.0283 |" in md
   assert "| 3.00 | 1,234 | 1000 ± 1 | 2 |" in md
   assert "| synthetic | sasrec | gshard | 0.7000 | 0.6000 |" in md  # one seed: no sd
   assert "| synthetic | best rule: `in_history` | — | 0.6100 | 0.6000 | — |" in md
   assert "| synthetic | oracle rule (a ceiling): `generator` | — | 0.9700 | 0.9600 | — |" in md
-  assert "| synthetic | sasrec | +5.00% | +5.71% |" in md
+  # 0.04 / sqrt(0.0283^2 + 0.0141^2) = 1.26 sd: a tie, however large the lift looks
+  assert "| synthetic | sasrec | +5.00% (+1.3 sd, tie) | +5.71% (+1.3 sd, tie) |" in md
   assert "| synthetic | **mean over hosts** | +1.50% |" in md
   md = grid.markdown(rows, {}, {}, "t", "c", {"taobao / din": ["every cell"], "synthetic / sasrec": ["mos seed 2"]})
   assert "Not finished, so not in the tables: taobao / din: every cell; synthetic / sasrec: mos seed 2." in md
