@@ -115,10 +115,11 @@ def best_rules(summaries: Mapping[tuple[str, str], Mapping[str, Any]], *, oracle
   """
   out = {}
   for (dataset, _), agg in summaries.items():
+    if dataset in out:  # every host of a dataset scores the same rows: the first summary decides
+      continue
     rules = {n: r for n, r in agg["rules"].items() if (n in ORACLE_RULES) == oracle}
-    scored = [(r.get("all/auc", (math.nan,))[0], n) for n, r in rules.items()]
-    scored = [(v, n) for v, n in scored if math.isfinite(v)]
-    if dataset in out or not scored:
+    scored = [(r["all/auc"][0], n) for n, r in rules.items() if math.isfinite(r.get("all/auc", (math.nan,))[0])]
+    if not scored:
       continue
     name = max(scored)[1]
     out[dataset] = {"rule": name, **{k: rules[name].get(f"all/{k}", (math.nan, math.nan, 0))[0] for k in METRICS}}
