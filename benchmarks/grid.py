@@ -43,7 +43,6 @@ from typing import Any, Mapping, Sequence
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from anywhere without installing
 
-from mos_jax.evaluation.rules import ORACLE_RULES  # noqa: E402
 from mos_jax.experiments import sweep  # noqa: E402
 from mos_jax.runtime import compilation_cache_dir  # noqa: E402
 
@@ -108,21 +107,18 @@ def lifts(rows: Sequence[Mapping[str, Any]], *, model: str = "mos", base: str = 
 
 def best_rules(summaries: Mapping[tuple[str, str], Mapping[str, Any]], *, oracle: bool = False
                ) -> dict[str, dict[str, Any]]:
-  """Per dataset: the best rule by AUC on all rows and its metrics (every host of a dataset scores the same rows).
+  """Per dataset: the sweep's best rule (by AUC on all rows) and its metrics; every host of a dataset scores the
+  same rows, so its first summary decides.
 
-  Oracle rules (``rules.ORACLE_RULES``: they know how the synthetic data were made) are a ceiling, not a trivial
-  baseline: the default picks among the others, ``oracle=True`` among the oracles only.
+  Oracle rules (``mos_jax.evaluation.rules.ORACLE_RULES``: they know how the synthetic data were made) are a ceiling, not a trivial
+  baseline: the default gives the best of the others, ``oracle=True`` the best oracle.
   """
   out = {}
   for (dataset, _), agg in summaries.items():
-    if dataset in out:  # every host of a dataset scores the same rows: the first summary decides
-      continue
-    rules = {n: r for n, r in agg["rules"].items() if (n in ORACLE_RULES) == oracle}
-    scored = [(r["all/auc"][0], n) for n, r in rules.items() if math.isfinite(r.get("all/auc", (math.nan,))[0])]
-    if not scored:
-      continue
-    name = max(scored)[1]
-    out[dataset] = {"rule": name, **{k: rules[name].get(f"all/{k}", (math.nan, math.nan, 0))[0] for k in METRICS}}
+    name = agg["oracle_rule" if oracle else "best_rule"]
+    if dataset not in out and name is not None:
+      out[dataset] = {"rule": name, **{k: agg["rules"][name].get(f"all/{k}", (math.nan, math.nan, 0))[0]
+                                       for k in METRICS}}
   return out
 
 

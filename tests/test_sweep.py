@@ -28,7 +28,8 @@ def _record(variant, seed, auc, ss_auc, rule_auc):
   ev = {"task": "ctr", "dataset": "synthetic", "metrics": {"auc": auc, "gauc": auc - 0.01, "logloss": 0.5},
         "slices": {"all": {"auc": auc}, "session_start": {"auc": ss_auc, "gauc": ss_auc}},
         "rules": {"in_history": {"all": {"auc": rule_auc}, "session_start": {"auc": 0.5}},
-                  "popularity": {"all": {"auc": 0.52}, "session_start": {"auc": 0.51}}}}
+                  "popularity": {"all": {"auc": 0.52}, "session_start": {"auc": 0.51}},
+                  "generator": {"all": {"auc": 0.97}, "session_start": {"auc": 0.95}}}}
   return {"variant": variant, "seed": seed, "train_wall_s": 10.0, "train_examples_per_s": 100.0 + seed,
           "flops": 2e6, "eval": ev}
 
@@ -41,11 +42,13 @@ def test_aggregate_and_markdown():
   assert (n, round(m, 6), round(sd, 6)) == (3, 0.82, 0.02)
   assert agg["variants"]["mos"]["session_start/auc"][0] == pytest.approx(0.72)
   assert agg["variants"]["backbone"]["all/auc"][1] == pytest.approx(0.0, abs=1e-12)
-  assert agg["best_rule"] == "in_history"
+  # The oracle (0.97) scores highest but is a ceiling, never the best rule to beat.
+  assert (agg["best_rule"], agg["oracle_rule"]) == ("in_history", "generator")
   assert agg["rules"]["in_history"]["all/auc"][::2] == (0.6, 6)
   md = sweep.markdown(agg, "t")
   assert "| mos | 0.8200 ± 0.0200 |" in md
-  assert "best rule: `in_history`" in md and "popularity 0.5200" in md
+  assert "| best rule: `in_history` | 0.6000 |" in md and "popularity 0.5200" in md
+  assert "| oracle rule (a ceiling): `generator` | 0.9700 |" in md
 
 
 def test_variants_on_different_rows_get_their_own_best_rule():
@@ -53,9 +56,11 @@ def test_variants_on_different_rows_get_their_own_best_rule():
   agg = sweep.aggregate(recs, "ctr")
   assert agg["rules_shared"] is False
   assert agg["best_rule_by_variant"] == {"mos": "in_history", "short": "in_history"}
+  assert agg["oracle_rule_by_variant"] == {"mos": "generator", "short": "generator"}
   assert agg["rules_by_variant"]["short"]["in_history"]["all/auc"][0] == pytest.approx(0.9)
   md = sweep.markdown(agg, "t")
   assert "best rule (mos): `in_history` | 0.6000" in md and "best rule (short): `in_history` | 0.9000" in md
+  assert "oracle rule (a ceiling) (short): `generator` | 0.9700" in md
 
 
 def test_a_folder_of_another_command_is_refused(tmp_path):
