@@ -110,8 +110,8 @@ def best_rules(summaries: Mapping[tuple[str, str], Mapping[str, Any]], *, oracle
   """Per dataset: the sweep's best rule (by AUC on all rows) and its metrics; every host of a dataset scores the
   same rows, so its first summary decides.
 
-  Oracle rules (``mos_jax.evaluation.rules.ORACLE_RULES``: they know how the synthetic data were made) are a ceiling, not a trivial
-  baseline: the default gives the best of the others, ``oracle=True`` the best oracle.
+  Oracle rules (``mos_jax.evaluation.rules.ORACLE_RULES``: they know how the synthetic data were made) are a ceiling,
+  not a trivial baseline: the default gives the best of the others, ``oracle=True`` the best oracle.
   """
   out = {}
   for (dataset, _), agg in summaries.items():

@@ -12,11 +12,12 @@ A finished run (its eval file exists) is not run again: re-running the command c
 ``--collect`` trains nothing and tabulates the runs finished so far (the others are listed under the table).
 
 Outputs: ``OUT/summary.json`` (every run's metrics and the aggregates) and ``OUT/summary.md`` (one table: variants,
-then the best rule of the same rows and, where one ran, the best oracle rule as a ceiling (``rules.ORACLE_RULES``:
-it knows how the data were made, so it is never "the best rule"), metrics as mean ± sd over seeds on all rows and on the session-start slice,
-train examples/s, train wall time and forward FLOPs per example). ``--reference NAME`` adds, for every other variant,
-its gap to NAME on the main metric (all rows and session starts) in units of the sd of the difference,
-sqrt(sd_a² + sd_b²), with the verdict of docs/results.md: beyond 2 of those sd a win or a loss, otherwise a tie.
+then the best rule of the same rows and, where one ran, the best oracle rule as a ceiling (``rules.ORACLE_RULES``: it
+knows how the data were made, so it is never "the best rule"), metrics as mean ± sd over seeds on all rows and on the
+session-start slice, train examples/s, train wall time and forward FLOPs per example). ``--reference NAME`` adds, for
+every other variant, its gap to NAME on the main metric (all rows and session starts) in units of the sd of the
+difference, sqrt(sd_a² + sd_b²), with the verdict of docs/results.md: beyond 2 of those sd a win or a loss, otherwise
+a tie.
 """
 
 from __future__ import annotations
