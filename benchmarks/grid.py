@@ -15,9 +15,10 @@ runs share JAX's persistent compilation cache (``JAX_COMPILATION_CACHE_DIR``, de
 so seeds after the first skip most compilation.
 
 Output ``OUT/grid.md`` and ``OUT/grid.json``: one table (dataset, host, model: AUC, GAUC, logloss as mean ± sd over
-seeds, forward MFLOPs per example, parameters, train examples/s), the relative AUC / GAUC lift of MoS over each
-plain host (and its mean over hosts, the paper's headline: +0.68% AUC, +0.72% GAUC), and the best rule baseline of
-each dataset. Per-(dataset, host) sweep tables stay in ``OUT/<dataset>/<host>/summary.md``.
+seeds, forward MFLOPs per example, parameters, train examples/s), the best rule baseline of each dataset (and the
+oracle ceiling where one exists), the relative AUC / GAUC lift of MoS over each plain host (and its mean over hosts,
+the paper's headline: +0.68% AUC, +0.72% GAUC) and over each MoE model of the same host, each with its win / tie /
+loss verdict, and those verdicts counted over hosts. Per-(dataset, host) sweep tables stay in ``OUT/<dataset>/<host>/summary.md``.
 
 Full defaults: all 7 hosts, seeds 0,1,2, 400 steps at batch 128 (1.3 epochs of the synthetic data, 3.2 of the
 Taobao head: a budget that fits the grid into hours, not days, on 2 cores; docs/results.md gives the measured
@@ -105,6 +106,21 @@ def lifts(rows: Sequence[Mapping[str, Any]], *, model: str = "mos", base: str = 
   return out
 
 
+def verdict_counts(lift_tables: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+  """One row per (dataset, base) of ``lifts`` tables: how many hosts MoS wins, ties and loses against ``base`` on AUC
+  and GAUC (n/a verdicts are not counted), and the mean lifts over hosts."""
+  rows = []
+  for base, table in lift_tables.items():
+    for dataset, d in table.items():
+      row = {"dataset": dataset, "base": base, "hosts": len(d["hosts"]),
+             "mean_auc": d["mean_auc"], "mean_gauc": d["mean_gauc"]}
+      for k in ("auc", "gauc"):
+        verdicts = [h[f"{k}_verdict"] for h in d["hosts"].values()]
+        row[k] = {v: verdicts.count(v) for v in ("win", "tie", "loss")}
+      rows.append(row)
+  return sorted(rows, key=lambda r: r["dataset"])  # stable: bases keep their order within a dataset
+
+
 def best_rules(summaries: Mapping[tuple[str, str], Mapping[str, Any]], *, oracle: bool = False
                ) -> dict[str, dict[str, Any]]:
   """Per dataset: the sweep's best rule (by AUC on all rows) and its metrics; every host of a dataset scores the
@@ -153,6 +169,15 @@ def markdown(rows: Sequence[Mapping[str, Any]], lift_tables: Mapping[str, Mappin
     for dataset, rule in table.items():
       cells = " | ".join(f"{rule[k]:.4f}" if math.isfinite(rule[k]) else "—" for k in METRICS)
       lines.append(f"| {dataset} | {label}: `{rule['rule']}` | — | {cells} | — | — | — | — |")
+  if lift_tables:
+    lines += ["", "MoS against each model of the same host, counted over hosts (win / tie / loss: beyond 2 sd of the "
+              "difference either way, otherwise a tie):", "",
+              "| dataset | MoS vs | hosts | AUC win / tie / loss | GAUC win / tie / loss | mean AUC lift | "
+              "mean GAUC lift |", "|---|---|---:|---|---|---:|---:|"]
+    for r in verdict_counts(lift_tables):
+      wtl = {k: " / ".join(str(r[k][v]) for v in ("win", "tie", "loss")) for k in ("auc", "gauc")}
+      lines.append(f"| {r['dataset']} | {r['base']} | {r['hosts']} | {wtl['auc']} | {wtl['gauc']} | "
+                   f"{_pct(r['mean_auc'])} | {_pct(r['mean_gauc'])} |")
   for base, table in lift_tables.items():
     what = "the plain host (the paper reports +0.68% AUC and +0.72% GAUC on average)" if base == "backbone" else \
         f"{base} of the same host"
@@ -259,7 +284,7 @@ def main(argv: Sequence[str]) -> int:
       for m in a.models:
         params[(dataset, host, m)] = count_params(folder / m / f"seed{a.seeds.split(',')[0]}")
   rows = table_rows(summaries, params)
-  lift_tables = {base: lifts(rows, base=base) for base in ("backbone", "gshard") if base in a.models}
+  lift_tables = {base: lifts(rows, base=base) for base in MODELS if base != "mos" and base in a.models}
   rules, oracles = best_rules(summaries), best_rules(summaries, oracle=True)
   command = "python benchmarks/grid.py " + " ".join(argv)
   minutes = (time.perf_counter() - t0) / 60
@@ -269,7 +294,8 @@ def main(argv: Sequence[str]) -> int:
   out.mkdir(parents=True, exist_ok=True)
   for name, text in (("grid.md", md), ("grid.json", json.dumps(
       {"command": command, "args": vars(a), "rows": rows, "lifts": lift_tables,
-       "best_rules": rules, "oracle_rules": oracles, "missing": missing, "wall_min": minutes}, indent=1, allow_nan=True))):
+       "verdicts": verdict_counts(lift_tables), "best_rules": rules, "oracle_rules": oracles, "missing": missing,
+       "wall_min": minutes}, indent=1, allow_nan=True))):
     sweep.write_text_atomic(out / name, text)
   print(md)
   return 0

@@ -78,6 +78,19 @@ def test_best_rule_and_markdown(summaries):
   assert "| synthetic | oracle rule (a ceiling): `generator` | — | 0.9700 | 0.9600 | — |" in md
   # 0.04 / sqrt(0.0283^2 + 0.0141^2) = 1.26 sd: a tie, however large the lift looks
   assert "| synthetic | sasrec | +5.00% (+1.3 sd, tie) | +5.71% (+1.3 sd, tie) |" in md
+
+
+def test_verdict_counts(summaries):
+  rows = grid.table_rows(summaries, {})
+  tables = {"backbone": grid.lifts(rows), "gshard": grid.lifts(rows, base="gshard")}
+  counts = grid.verdict_counts(tables)
+  # sasrec: +0.04 at 1.3 sd (tie); din: -0.01 at 0.3 sd (tie). Against gshard (one seed) every verdict is n/a.
+  assert [(r["base"], r["hosts"], r["auc"], r["gauc"]) for r in counts] == [
+      ("backbone", 2, {"win": 0, "tie": 2, "loss": 0}, {"win": 0, "tie": 2, "loss": 0}),
+      ("gshard", 2, {"win": 0, "tie": 0, "loss": 0}, {"win": 0, "tie": 0, "loss": 0})]
+  assert counts[0]["mean_auc"] == pytest.approx(1.5)
+  md = grid.markdown(rows, tables, {}, "t", "cmd")
+  assert "| synthetic | backbone | 2 | 0 / 2 / 0 | 0 / 2 / 0 | +1.50% |" in md
   assert "| synthetic | **mean over hosts** | +1.50% |" in md
   md = grid.markdown(rows, {}, {}, "t", "c", {"taobao / din": ["every cell"], "synthetic / sasrec": ["mos seed 2"]})
   assert "Not finished, so not in the tables: taobao / din: every cell; synthetic / sasrec: mos seed 2." in md
