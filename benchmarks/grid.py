@@ -171,7 +171,7 @@ def markdown(rows: Sequence[Mapping[str, Any]], lift_tables: Mapping[str, Mappin
       lines.append(f"| {dataset} | {label}: `{rule['rule']}` | — | {cells} | — | — | — | — |")
   if lift_tables:
     lines += ["", "MoS against each model of the same host, counted over hosts (win / tie / loss: beyond 2 sd of the "
-              "difference either way, otherwise a tie):", "",
+              "difference either way, otherwise a tie; a host with one seed on either side is in no column):", "",
               "| dataset | MoS vs | hosts | AUC win / tie / loss | GAUC win / tie / loss | mean AUC lift | "
               "mean GAUC lift |", "|---|---|---:|---|---|---:|---:|"]
     for r in verdict_counts(lift_tables):
