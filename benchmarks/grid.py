@@ -18,7 +18,8 @@ Output ``OUT/grid.md`` and ``OUT/grid.json``: one table (dataset, host, model: A
 seeds, forward MFLOPs per example, parameters, train examples/s), the best rule baseline of each dataset (and the
 oracle ceiling where one exists), the relative AUC / GAUC lift of MoS over each plain host (and its mean over hosts,
 the paper's headline: +0.68% AUC, +0.72% GAUC) and over each MoE model of the same host, each with its win / tie /
-loss verdict, and those verdicts counted over hosts. Per-(dataset, host) sweep tables stay in ``OUT/<dataset>/<host>/summary.md``.
+loss verdict, and those verdicts counted over hosts. Per-(dataset, host) sweep tables stay in
+``OUT/<dataset>/<host>/summary.md``.
 
 Full defaults: all 7 hosts, seeds 0,1,2, 400 steps at batch 128 (1.3 epochs of the synthetic data, 3.2 of the
 Taobao head: a budget that fits the grid into hours, not days, on 2 cores; docs/results.md gives the measured
