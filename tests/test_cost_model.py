@@ -65,7 +65,8 @@ def test_collective_volume_formula():
 
 def test_train_flops_is_three_forwards_of_the_sasrec_formula():
   cfg = cm.model_config(dict(model="backbone", S=2, T=4, D=8, layers=1, K=2), COMMON)
-  block = 2 * 8 * 8 * 24 + 2 * 2 * 64 * 8 + 2 * 8 * 8 * 8 + 2 * 2 * 8 * 8 * 16  # qkv, scores + pv, out, ffn
+  # the one (last) block computes the last valid position only: k, v on all 8 positions; q, scores + pv, out, ffn
+  block = 2 * 8 * 8 * 16 + 2 * 8 * 8 + 2 * 2 * 8 * 8 + 2 * 8 * 8 + 2 * 2 * 8 * 16
   head = 2 * 8 * 8 + 2 * 3 * 8 * 64 + 2 * 64  # CTR head (head_hidden 64)
   assert count_flops(cfg)["executed"] == block + 2 * 8 * 8 + head
   assert cm.train_flops(cfg, 4) == 3 * 4 * (block + 128 + head)

@@ -1,8 +1,9 @@
 """count_flops vs XLA: exact against the dot ops of the lowered HLO, bounded against compiled cost_analysis().
 
 Tolerance: count_flops counts matrix products only (2*M*N*K). XLA's cost analysis also counts element-wise work
-(layer norms, GELU, softmax, masks, bias adds: O(L*D + L^2) per block against O(L*D^2) for the matmuls), so with
-D = 64 it must lie in [analytic, 1.10 * analytic]; measured excess 6-8% for every model. The matmul part itself is
+(layer norms, GELU, softmax, masks, bias adds: O(L*D + L^2) per block against O(L*D^2) for the matmuls; SASRec's last
+block runs its matmuls for one position but its input layer norm on all), so with D = 64 it must lie in
+[analytic, 1.20 * analytic]; measured excess 11-16% for every model. The matmul part itself is
 checked exactly: the sum of 2 * |out| * |contracted| over the ``dot`` ops of the lowered HLO equals ``executed``.
 """
 
@@ -62,7 +63,7 @@ def test_count_flops_matches_xla(kw):
   dots, xla_total = _xla(cfg)
   got = count_flops(cfg, batch_size=B)
   np.testing.assert_allclose(got["executed"], dots, rtol=1e-9)
-  assert got["executed"] <= xla_total <= 1.10 * got["executed"], (xla_total, got)
+  assert got["executed"] <= xla_total <= 1.20 * got["executed"], (xla_total, got)
 
 
 @pytest.mark.parametrize("sessions, session_len", [(1, 1), (2, 3)], ids=["L1", "L6"])

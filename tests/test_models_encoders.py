@@ -298,3 +298,46 @@ def test_protocol_configs_have_recbole_encoder_sizes(name, num_params):
   m.validate()
   enc = build_encoder(m, max_len=50, rngs=nnx.Rngs(0))
   assert sum(p.size for p in jax.tree.leaves(nnx.state(enc, nnx.Param))) == num_params
+
+
+def _sasrec_full_sequence(enc, x, mask):
+  """The reference the encoder shortens: every block on every position, then the last valid position's output."""
+  from mos_jax.models.encoders.sasrec import last_index, take_rows  # noqa: PLC0415
+
+  h = x + enc.pos((oldest_positions if enc.oldest_first else recency_positions)(mask, enc.max_len))
+  h = enc.in_norm(h) if enc.in_norm is not None else h
+  h = jnp.where(mask[..., None], h, 0)
+  for block in enc.blocks:
+    h = block(h, mask, deterministic=True)
+  h = enc.norm(h) if enc.norm is not None else h
+  h = jnp.where(jnp.any(mask, axis=1)[:, None], take_rows(h, last_index(mask)), 0)
+  return h if enc.out is None else enc.out(h)
+
+
+@pytest.mark.parametrize("kw", [
+  dict(num_layers=1),
+  dict(num_layers=2, remat="full"),
+  dict(num_layers=2, attention="einsum"),
+  dict(num_layers=2, sasrec=dataclasses.replace(RECBOLE_SASREC, attn_dropout=0.2)),
+], ids=["1layer", "2layers-remat", "einsum", "recbole-attn-dropout"])
+def test_sasrec_last_block_on_the_last_position_matches_the_full_sequence(kw):
+  """The last block computes only the last valid position (queries, attention row, projection, feed-forward):
+  outputs and gradients equal running every block on every position, with padding anywhere and an empty row."""
+  enc = build_encoder(_cfg(**kw), max_len=6, rngs=nnx.Rngs(1), name="sasrec")
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(4, 6, 8)), jnp.float32)
+  mask = jnp.asarray([[1, 1, 1, 1, 1, 1], [0, 1, 0, 1, 1, 0], [1, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0]], bool)
+  gdef, params, rest = nnx.split(enc, nnx.Param, ...)
+
+  def loss(p, x, r, fn):
+    m = nnx.merge(gdef, p, r, copy=True)  # a fresh module per trace (nnx.remat updates its RNG counts)
+    return jnp.sum(jnp.sin(fn(m, x))), fn(m, x)
+
+  short = lambda m, x: m(x, mask, deterministic=True)  # noqa: E731
+  full = lambda m, x: _sasrec_full_sequence(m, x, mask)  # noqa: E731
+  (_, out_short), g_short = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, x, rest, short)
+  (_, out_full), g_full = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, x, rest, full)
+  np.testing.assert_allclose(out_short, out_full, rtol=1e-5, atol=1e-6)
+  assert np.all(np.asarray(out_short[3]) == np.asarray(enc.out.bias if enc.out is not None else 0))  # empty row
+  for a, b in zip(jax.tree.leaves(g_short), jax.tree.leaves(g_full)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

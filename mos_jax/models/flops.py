@@ -34,14 +34,18 @@ from mos_jax.models.moe import gating
 
 def _sasrec(cfg: ModelConfig, length: int) -> float:
   d, n, f = cfg.embed_dim, length, cfg.ffn_multiplier * cfg.embed_dim
-  per_block = (
-      2 * n * d * 3 * d  # qkv projection
-      + 2 * n * n * d  # scores: heads * (n x n x d/heads)
-      + 2 * n * n * d  # probs @ v
-      + 2 * n * d * d  # output projection
-      + 2 * n * d * f + 2 * n * f * d  # feed-forward
-  )
-  return cfg.num_layers * per_block + 2 * d * cfg.hidden_dim  # + final projection of the last valid position
+
+  def block(q: int) -> float:  # a block computing the outputs of q query positions (keys and values: all n)
+    return (
+        2 * n * d * 2 * d + 2 * q * d * d  # key and value projections (all positions), query projection
+        + 2 * q * n * d  # scores: heads * (q x n x d/heads)
+        + 2 * q * n * d  # probs @ v
+        + 2 * q * d * d  # output projection
+        + 2 * q * d * f + 2 * q * f * d  # feed-forward
+    )
+
+  # the last block computes the last valid position only (encoders/sasrec.py); + its final projection
+  return (cfg.num_layers - 1) * block(n) + block(1) + 2 * d * cfg.hidden_dim
 
 
 def _gru4rec(cfg: ModelConfig, length: int) -> float:

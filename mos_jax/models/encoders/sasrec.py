@@ -48,12 +48,15 @@ def _linear_init(std: float) -> dict:
                               "bias_init": nnx.initializers.zeros_init()}
 
 
-def last_valid(h: jax.Array, mask: jax.Array) -> jax.Array:
-  """h[N,L,H], mask[N,L] -> h at the last valid position [N,H] (zeros for an empty row)."""
-  idx = jnp.arange(mask.shape[1])
-  last = jnp.max(jnp.where(mask, idx, 0), axis=1)  # [N]
-  out = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
-  return jnp.where(jnp.any(mask, axis=1)[:, None], out, 0)
+def last_index(mask: jax.Array) -> jax.Array:
+  """mask[N,L] -> int32[N]: the last valid position of each row (0 for an empty row)."""
+  return jnp.max(jnp.where(mask, jnp.arange(mask.shape[1]), 0), axis=1)
+
+
+def take_rows(h: jax.Array, index: jax.Array) -> jax.Array:
+  """h[N,L,...], index[N] -> h[n, index[n]]: [N,...]."""
+  return jnp.take_along_axis(h, index.reshape(-1, *[1] * (h.ndim - 1)), axis=1)[:, 0]
+
 
 
 class _Block(nnx.Module):
@@ -78,25 +81,45 @@ class _Block(nnx.Module):
     self.drop = nnx.Dropout(cfg.dropout, rngs=rngs)
     self.attn_drop = nnx.Dropout(opt.attn_dropout, rngs=rngs) if opt.attn_dropout > 0 else None
 
-  def __call__(self, x: jax.Array, mask: jax.Array, *, deterministic: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, mask: jax.Array, last: jax.Array | None = None, *,
+               deterministic: bool) -> jax.Array:
+    """x[N,L,D] -> [N,L,D]; with ``last`` (int[N]) only row n's position last[n] is computed: -> [N,D].
+
+    Only the encoder's last block takes ``last``: its output is read at one position per row, and that position's
+    output needs every position's keys and values but nothing else of the other positions (the queries, the
+    attention rows, the projection and the feed-forward are per position), so the block computes 1/L of them.
+    Dropout masks are drawn for the rows computed.
+    """
     n, l, d = x.shape
-    q, k, v = jnp.split(self.qkv(x if self.post_norm else self.norm1(x)), 3, axis=-1)
-    heads = lambda t: t.reshape(n, l, self.num_heads, d // self.num_heads)  # noqa: E731
-    q, k, v = heads(q), heads(k), heads(v)
-    if self.attn_drop is None:  # causal, valid keys only; float32 scores and softmax (attention.py)
-      att = attend(q, k, v, mask, causal=True, impl=self.attention).reshape(n, l, d)
+    h = x if self.post_norm else self.norm1(x)
+    split = lambda t, rows: t.reshape(n, rows, self.num_heads, d // self.num_heads)  # noqa: E731
+    if last is None:
+      q, k, v = (split(t, l) for t in jnp.split(self.qkv(h), 3, axis=-1))
+      causal, x_out = True, x
+    else:  # the query of one row; keys and values of all (the fused kernel's q and kv columns, sliced)
+      kernel, bias = self.qkv.kernel[...], self.qkv.bias[...]
+      dot = lambda a, w, b: (jnp.dot(a.astype(h.dtype), w.astype(h.dtype)) + b.astype(h.dtype))  # noqa: E731
+      q = split(dot(take_rows(h, last), kernel[:, :d], bias[:d])[:, None], 1)
+      k, v = (split(t, l) for t in jnp.split(dot(h, kernel[:, d:], bias[d:]), 2, axis=-1))
+      # every valid key precedes the last valid query, so the causal mask adds nothing for it
+      causal, x_out = False, take_rows(x, last)[:, None]
+    lq = q.shape[1]
+    if self.attn_drop is None:  # valid keys only (causal for full rows); float32 scores and softmax (attention.py)
+      impl = self.attention if lq > 1 else "xla" if self.attention == "cudnn" else self.attention
+      att = attend(q, k, v, mask, causal=causal, impl=impl).reshape(n, lq, d)
     else:  # attention dropout acts on the probabilities, so this path spells them out
       scores = jnp.einsum("nqhd,nkhd->nhqk", q, k, preferred_element_type=jnp.float32)
       scores = scores * (d // self.num_heads) ** -0.5
-      allowed = jnp.tril(jnp.ones((l, l), bool))[None] & mask[:, None, :]  # [N, Lq, Lk]
+      allowed = mask[:, None, :] if not causal else jnp.tril(jnp.ones((l, l), bool))[None] & mask[:, None, :]
       scores = jnp.where(allowed[:, None], scores, _NEG)
       probs = self.attn_drop(jax.nn.softmax(scores, axis=-1).astype(x.dtype), deterministic=deterministic)
-      att = jnp.einsum("nhqk,nkhd->nqhd", probs, v).reshape(n, l, d)
-    x = x + self.drop(self.proj(att), deterministic=deterministic)
+      att = jnp.einsum("nhqk,nkhd->nqhd", probs, v).reshape(n, lq, d)
+    x = x_out + self.drop(self.proj(att), deterministic=deterministic)
     if self.post_norm:
       x = self.norm1(x)
     y = self.drop(self.ff2(self.act(self.ff1(x if self.post_norm else self.norm2(x)))), deterministic=deterministic)
-    return self.norm2(x + y) if self.post_norm else x + y
+    out = self.norm2(x + y) if self.post_norm else x + y
+    return out if last is None else out[:, 0]
 
 
 @register_encoder("sasrec")
@@ -132,9 +155,11 @@ class SASRec(Encoder):
     if self.in_norm is not None:
       h = self.in_norm(h)
     h = self.drop(jnp.where(mask[..., None], h, 0), deterministic=deterministic)
-    for block in self.blocks:
+    last = last_index(mask)
+    for block in self.blocks[:-1]:
       h = remat_block(block, self.remat, h, mask, deterministic=deterministic)
+    h = remat_block(self.blocks[-1], self.remat, h, mask, last, deterministic=deterministic)  # [N,D]: last valid
     if self.norm is not None:
       h = self.norm(h)
-    h = last_valid(h, mask)
+    h = jnp.where(jnp.any(mask, axis=1)[:, None], h, 0)  # empty rows -> zeros
     return h if self.out is None else self.out(h)

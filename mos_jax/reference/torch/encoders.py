@@ -35,12 +35,15 @@ def oldest_positions(mask: torch.Tensor, max_len: int) -> torch.Tensor:
   return (torch.cumsum(m, 1) - m).clamp(0, max_len - 1)
 
 
-def last_valid(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-  """h[N,L,H], mask[N,L] -> h at the last valid position [N,H] (zeros for an empty row)."""
+def last_index(mask: torch.Tensor) -> torch.Tensor:
+  """mask[N,L] -> int64[N]: the last valid position of each row (0 for an empty row)."""
   idx = torch.arange(mask.shape[1], device=mask.device)
-  last = torch.where(mask, idx, 0).max(dim=1).values  # [N]
-  out = h[torch.arange(h.shape[0], device=h.device), last]
-  return torch.where(mask.any(dim=1, keepdim=True), out, torch.zeros_like(out))
+  return torch.where(mask, idx, 0).max(dim=1).values
+
+
+def take_rows(h: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+  """h[N,L,...], index[N] -> h[n, index[n]]: [N,...]."""
+  return h[torch.arange(h.shape[0], device=h.device), index]
 
 
 class SASRecBlock(nn.Module):
@@ -61,22 +64,32 @@ class SASRecBlock(nn.Module):
     self.drop = nn.Dropout(cfg.dropout)
     self.attn_drop = nn.Dropout(opt.attn_dropout)
 
-  def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+  def forward(self, x: torch.Tensor, mask: torch.Tensor, last: torch.Tensor | None = None) -> torch.Tensor:
+    """x[N,L,D] -> [N,L,D]; with ``last`` (int[N]) only each row's position last[n]: -> [N,D] (as in JAX: the
+    encoder's last block needs every position's keys and values but the query, attention row, projection and
+    feed-forward of one position)."""
     n, l, d = x.shape
     dh = d // self.num_heads
-    q, k, v = self.qkv(x if self.post_norm else self.norm1(x)).chunk(3, dim=-1)
-    heads = lambda t: t.reshape(n, l, self.num_heads, dh).transpose(1, 2)  # noqa: E731  [N,h,L,dh]
-    q, k, v = heads(q), heads(k), heads(v)
+    h = x if self.post_norm else self.norm1(x)
+    heads = lambda t: t.reshape(n, -1, self.num_heads, dh).transpose(1, 2)  # noqa: E731  [N,h,L,dh]
+    if last is None:
+      q, k, v = (heads(t) for t in self.qkv(h).chunk(3, dim=-1))
+      allowed = torch.tril(torch.ones(l, l, dtype=torch.bool, device=x.device))[None] & mask[:, None, :]
+    else:  # one query per row (the fused kernel's q rows), keys and values of all positions
+      w, b = self.qkv.weight, self.qkv.bias
+      q = heads(F.linear(take_rows(h, last), w[:d], b[:d])[:, None])
+      k, v = (heads(t) for t in F.linear(h, w[d:], b[d:]).chunk(2, dim=-1))
+      allowed, x = mask[:, None, :], take_rows(x, last)[:, None]  # every valid key precedes the last valid query
     scores = (q @ k.transpose(-1, -2)) * dh**-0.5  # [N,h,Lq,Lk]
-    allowed = torch.tril(torch.ones(l, l, dtype=torch.bool, device=x.device))[None] & mask[:, None, :]
     scores = scores.masked_fill(~allowed[:, None], NEG)
     probs = self.attn_drop(torch.softmax(scores, dim=-1))
-    att = (probs @ v).transpose(1, 2).reshape(n, l, d)
+    att = (probs @ v).transpose(1, 2).reshape(n, -1, d)
     x = x + self.drop(self.proj(att))
     if self.post_norm:
       x = self.norm1(x)
     y = self.drop(self.ff2(self.act(self.ff1(x if self.post_norm else self.norm2(x)))))
-    return self.norm2(x + y) if self.post_norm else x + y
+    out = self.norm2(x + y) if self.post_norm else x + y
+    return out if last is None else out[:, 0]
 
 
 class SASRec(nn.Module):
@@ -104,11 +117,13 @@ class SASRec(nn.Module):
     if self.in_norm is not None:
       h = self.in_norm(h)
     h = self.drop(torch.where(mask[..., None], h, torch.zeros_like(h)))
-    for block in self.blocks:
+    last = last_index(mask)
+    for block in self.blocks[:-1]:
       h = block(h, mask)
+    h = self.blocks[-1](h, mask, last)  # [N,D]: the last valid position's output
     if self.norm is not None:
       h = self.norm(h)
-    h = last_valid(h, mask)
+    h = torch.where(mask.any(dim=1, keepdim=True), h, torch.zeros_like(h))  # empty rows -> zeros
     return h if self.out is None else self.out(h)
 
 
