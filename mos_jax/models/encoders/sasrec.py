@@ -58,7 +58,6 @@ def take_rows(h: jax.Array, index: jax.Array) -> jax.Array:
   return jnp.take_along_axis(h, index.reshape(-1, *[1] * (h.ndim - 1)), axis=1)[:, 0]
 
 
-
 class _Block(nnx.Module):
   """Pre-LN block: x + MHA(LN(x)); x + FFN(LN(x)).
 
@@ -105,7 +104,8 @@ class _Block(nnx.Module):
       causal, x_out = False, take_rows(x, last)[:, None]
     lq = q.shape[1]
     if self.attn_drop is None:  # valid keys only (causal for full rows); float32 scores and softmax (attention.py)
-      impl = self.attention if lq > 1 else "xla" if self.attention == "cudnn" else self.attention
+      # one query row is a matrix-vector product: nothing for cuDNN's fused kernel to tile, so XLA's path
+      impl = "xla" if lq == 1 and self.attention == "cudnn" else self.attention
       att = attend(q, k, v, mask, causal=causal, impl=impl).reshape(n, lq, d)
     else:  # attention dropout acts on the probabilities, so this path spells them out
       scores = jnp.einsum("nqhd,nkhd->nhqk", q, k, preferred_element_type=jnp.float32)
