@@ -330,8 +330,8 @@ def test_sasrec_last_block_on_the_last_position_matches_the_full_sequence(kw):
   gdef, params, rest = nnx.split(enc, nnx.Param, ...)
 
   def loss(p, x, r, fn):
-    m = nnx.merge(gdef, p, r, copy=True)  # a fresh module per trace (nnx.remat updates its RNG counts)
-    return jnp.sum(jnp.sin(fn(m, x))), fn(m, x)
+    out = fn(nnx.merge(gdef, p, r, copy=True), x)  # a fresh module per trace (nnx.remat updates its RNG counts)
+    return jnp.sum(jnp.sin(out)), out
 
   short = lambda m, x: m(x, mask, deterministic=True)  # noqa: E731
   full = lambda m, x: _sasrec_full_sequence(m, x, mask)  # noqa: E731

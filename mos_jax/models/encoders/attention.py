@@ -35,12 +35,16 @@ REMAT_POLICIES = {
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array, *, causal: bool,
            impl: str = "xla") -> jax.Array:
-  """q, k, v [N,L,heads,dh], key_mask bool[N,L] (valid keys) -> [N,L,heads,dh] in v's dtype.
+  """q [N,Lq,heads,dh], k, v [N,Lk,heads,dh], key_mask bool[N,Lk] (valid keys) -> [N,Lq,heads,dh] in v's dtype.
 
-  Query i attends to the valid keys j (and only j <= i when ``causal``), scaled by ``dh ** -0.5``.
+  Query i attends to the valid keys j (and only j <= i when ``causal``, which needs Lq = Lk), scaled by
+  ``dh ** -0.5``. One query row (Lq = 1) is a matrix-vector product with nothing for cuDNN's fused kernel to tile,
+  so ``cudnn`` takes XLA's path there.
   """
   if impl not in ATTENTION_IMPLS:
     raise ValueError(f"ModelConfig.attention={impl!r}: expected one of {ATTENTION_IMPLS}")
+  if impl == "cudnn" and q.shape[1] == 1:
+    impl = "xla"
   mask = key_mask.astype(bool)[:, None, None, :]  # [N,1,1,Lk]
   if impl != "einsum":
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, implementation=impl)

@@ -104,9 +104,7 @@ class _Block(nnx.Module):
       causal, x_out = False, take_rows(x, last)[:, None]
     lq = q.shape[1]
     if self.attn_drop is None:  # valid keys only (causal for full rows); float32 scores and softmax (attention.py)
-      # one query row is a matrix-vector product: nothing for cuDNN's fused kernel to tile, so XLA's path
-      impl = "xla" if lq == 1 and self.attention == "cudnn" else self.attention
-      att = attend(q, k, v, mask, causal=causal, impl=impl).reshape(n, lq, d)
+      att = attend(q, k, v, mask, causal=causal, impl=self.attention).reshape(n, lq, d)
     else:  # attention dropout acts on the probabilities, so this path spells them out
       scores = jnp.einsum("nqhd,nkhd->nhqk", q, k, preferred_element_type=jnp.float32)
       scores = scores * (d // self.num_heads) ** -0.5
