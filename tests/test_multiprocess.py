@@ -33,6 +33,7 @@ import pytest
 from mos_jax import config as config_lib
 from mos_jax.training import checkpoint as ckpt_lib
 from mos_jax.training import distributed
+from mos_jax.training import sharding as sharding_lib
 from mos_jax.training.config import TrainConfig
 from mos_jax.training.loop import train
 from mos_jax.training.parallel import Executor
@@ -56,8 +57,7 @@ def free_port() -> int:
 def run_workers(jobs: list[list[str]], logs: pathlib.Path, name: str, timeout: float = TIMEOUT_S) -> None:
   """Runs ``python tests/mp_worker.py ARGS`` for each job at once; kills them all and shows their stderr when one
   fails or the round runs past ``timeout``."""
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the worker sets its own device count
-  env["JAX_PLATFORMS"] = "cpu"
+  env = dict(os.environ, JAX_PLATFORMS="cpu")  # the worker replaces XLA_FLAGS' device count with its own
   procs = []
   for i, args in enumerate(jobs):
     err = open(logs / f"{name}_{i}.log", "w")
@@ -104,7 +104,7 @@ def saved(workdir: pathlib.Path, step: int) -> tuple[dict, dict]:
     cfg.train.distributed, cfg.train.num_processes, cfg.train.process_id = "off", 1, 0
     state = build_run(cfg).state
     one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = ckpt_lib.abstract_like(state, jax.tree.map(lambda _: one, state))
+    target = sharding_lib.abstract_like(state, jax.tree.map(lambda _: one, state))
     restored, data_state, _ = ckpts.restore(step, target)
   finally:
     ckpts.close()

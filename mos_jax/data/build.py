@@ -19,11 +19,9 @@ import numpy as np
 from mos_jax.data import examples, readers, sessions, synthetic
 from mos_jax.data.config import DataConfig
 from mos_jax.data.events import EventTable, build_events
+from mos_jax.data.prepared import FORMAT_VERSION
 from mos_jax.data.readers import DataError
 
-# Bump whenever the prepared arrays change for the same options (format, readers, the synthetic generator):
-# it is part of the fingerprint, so stale cached copies are never reused.
-FORMAT_VERSION = 3
 # Preparing writes both tasks; data.seed only drives train negatives and order, drawn at iteration time, so runs
 # with several seeds share one prepared folder.
 # data.format only adds an ArrayRecord copy of the same examples (records.py), written into the same folder.
@@ -51,26 +49,6 @@ def hard_neg_frac(cfg: DataConfig) -> float | None:
   if cfg.negatives_kind() != "in_category":
     return None
   return 0.5 if cfg.hard_neg_frac is None else float(cfg.hard_neg_frac)
-
-
-def make_sampler(meta: dict, item_group: np.ndarray, item_cat: np.ndarray, counts: np.ndarray
-                 ) -> examples.NegativeSampler:
-  """The negative sampler a prepared folder was built with (its meta.json), for train negatives at iteration time."""
-  return examples.NegativeSampler(kind=meta["negatives"], num_items=meta["num_items"], neg_ratio=meta["neg_ratio"],
-                                  item_group=item_group, item_cat=item_cat, counts=counts,
-                                  hard_frac=meta["hard_neg_frac"] if meta["hard_neg_frac"] is not None else 0.5,
-                                  alpha=meta["neg_alpha"])
-
-
-def grid_items(sess: sessions.Sessions, user_start: np.ndarray, user: np.ndarray, item: np.ndarray,
-               target: np.ndarray, S: int, T: int) -> np.ndarray:
-  """int32 [N, S*T]: the packed history items of the targets (chunked; 0 = padding)."""
-  parts = [np.zeros((0, S * T), np.int32)]
-  for a in range(0, len(target), 16384):
-    g = target[a:a + 16384]
-    idx, ok, _, _ = sessions.grid_index(sess, user_start[user[g] - 1], g, S, T)
-    parts.append(np.where(ok, item[idx], 0).reshape(len(g), S * T).astype(np.int32))
-  return np.concatenate(parts)
 
 
 def _dist(x: np.ndarray) -> dict:
@@ -114,13 +92,13 @@ def _write(cfg: DataConfig, fp: str, tmp: pathlib.Path) -> None:
                                       np.concatenate([targets["valid"], targets["test"]]), num_items)
   meta_neg = {"negatives": cfg.negatives_kind(), "neg_ratio": cfg.neg_ratio, "neg_alpha": cfg.neg_alpha,
               "hard_neg_frac": hard_neg_frac(cfg), "num_items": num_items}
-  sampler = make_sampler(meta_neg, events.item_group, events.item_cat, counts)
+  sampler = examples.make_sampler(meta_neg, events.item_group, events.item_cat, counts)
   stats.update(negatives=meta_neg["negatives"], hard_neg_frac=meta_neg["hard_neg_frac"])
   arrays = {}
   for i, name in enumerate(examples.SPLITS):
     g = targets[name]
     arrays[f"{name}_target"] = g
-    hist = grid_items(sess, user_start, events.user, events.item, g, S, T)
+    hist = sessions.grid_items(sess, user_start, events.user, events.item, g, S, T)
     pos = events.item[g]
     stats[f"{name}_positive_in_history"] = round(float((hist == pos[:, None]).any(1).mean()), 4) if len(g) else 0.0
     if name != "train":  # train negatives are drawn per epoch from data.seed when iterating (prepared.py)

@@ -231,3 +231,12 @@ class NegativeSampler:
     neg = np.where(ok_second, second, self._uniform(pos, k, rng))
     neg = np.where(ok_first, first, neg)
     return np.where(ok_a, a, neg)
+
+
+def make_sampler(meta: dict, item_group: np.ndarray, item_cat: np.ndarray, counts: np.ndarray
+                 ) -> NegativeSampler:
+  """The negative sampler a prepared folder was built with (its meta.json), for train negatives at iteration time."""
+  return NegativeSampler(kind=meta["negatives"], num_items=meta["num_items"], neg_ratio=meta["neg_ratio"],
+                         item_group=item_group, item_cat=item_cat, counts=counts,
+                         hard_frac=meta["hard_neg_frac"] if meta["hard_neg_frac"] is not None else 0.5,
+                         alpha=meta["neg_alpha"])

@@ -14,9 +14,12 @@ from typing import Callable
 import numpy as np
 
 from mos_jax.data import sessions
-from mos_jax.data.build import FORMAT_VERSION, grid_items, make_sampler
-from mos_jax.data.examples import SPLITS, opens_session
+from mos_jax.data.examples import SPLITS, make_sampler, opens_session
 from mos_jax.data.readers import DataError
+
+# Bump whenever the prepared arrays change for the same options (format, readers, the synthetic generator):
+# it is part of the fingerprint, so stale cached copies are never reused.
+FORMAT_VERSION = 3
 
 _CHUNK = 16384  # targets packed at a time (bounds the [N,S,T] temporaries)
 
@@ -106,7 +109,7 @@ class PreparedDataset:
     (for the ArrayRecord path, whose rows are read from disk)."""
     ev, S, T = self.events, self.meta["num_sessions"], self.meta["session_len"]
     g = self.targets["train_target"]
-    items = grid_items(self._sess, self._user_start, ev["user"], ev["item"], g, S, T)
+    items = sessions.grid_items(self._sess, self._user_start, ev["user"], ev["item"], g, S, T)
     return self._epoch_fields(ev["item"][g].astype(np.int32), items, seed)
 
   def _epoch_fields(self, pos: np.ndarray, items: np.ndarray, seed: int) -> Callable[[int], dict[str, np.ndarray]]:

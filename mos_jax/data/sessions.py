@@ -95,3 +95,14 @@ def kept_counts(sess: Sessions, user_first: np.ndarray, target: np.ndarray, S: i
   """int64 [N]: history events that fit in the grid (history length minus this = events truncated away)."""
   lo, hi, _ = grid_bounds(sess, user_first, target, S, T)
   return (hi - lo).sum(1)
+
+
+def grid_items(sess: Sessions, user_start: np.ndarray, user: np.ndarray, item: np.ndarray, target: np.ndarray,
+               S: int, T: int) -> np.ndarray:
+  """int32 [N, S*T]: the packed history items of the targets (chunked; 0 = padding)."""
+  parts = [np.zeros((0, S * T), np.int32)]
+  for a in range(0, len(target), 16384):
+    g = target[a:a + 16384]
+    idx, ok, _, _ = grid_index(sess, user_start[user[g] - 1], g, S, T)
+    parts.append(np.where(ok, item[idx], 0).reshape(len(g), S * T).astype(np.int32))
+  return np.concatenate(parts)

@@ -17,7 +17,6 @@ import dataclasses
 import pathlib
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
 
 from mos_jax import config as config_lib
@@ -160,13 +159,6 @@ class Checkpoints:
                             f"({type(e).__name__}: {str(e)[:500]}); delete that step folder to fall back to an "
                             f"earlier one, or train in a fresh --workdir") from e
     return out["state"], out["data"], out["loop"]
-
-
-def abstract_like(tree: Any, shardings: Any | None = None) -> Any:
-  """ShapeDtypeStructs of ``tree`` (with ``shardings`` where given) to restore into."""
-  if shardings is None:
-    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
 def schedule_changes(saved: Any, now: Any) -> list[str]:

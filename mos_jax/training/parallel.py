@@ -87,9 +87,7 @@ class Executor:
 
   def abstract_state(self, state: step_lib.TrainState) -> Any:
     """Restore target for Orbax: shapes, dtypes and (mesh) the shardings the state will live with."""
-    from mos_jax.training.checkpoint import abstract_like  # noqa: PLC0415
-
-    return abstract_like(state, self.state_shardings)
+    return sharding_lib.abstract_like(state, self.state_shardings)
 
   def load(self, state: step_lib.TrainState) -> None:
     """Places an unreplicated state on the devices (the same host state on every process)."""

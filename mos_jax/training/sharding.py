@@ -103,3 +103,10 @@ def check_batch_size(batch_size: int, num_shards: int, what: str = "config.train
 def put_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
   """Host batch -> device arrays split over the ``data`` axis."""
   return {k: jax.device_put(np.asarray(v), sharding) for k, v in batch.items()}
+
+
+def abstract_like(tree: Any, shardings: Any | None = None) -> Any:
+  """ShapeDtypeStructs of ``tree`` to restore into: with ``shardings`` where given, else each array's own."""
+  if shardings is None:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
