@@ -18,10 +18,12 @@ V, D, B = 23, 4, 6  # 23 items + padding row = 24 rows; block 5 does not divide 
 
 
 def inputs(seed=0):
+  """Small-integer queries and table: every product and sum is exact in float32, so every path (one [B, V] matmul or
+  [B, block] products of any block size, on any CPU's kernels) computes the same scores, and ties are true ties."""
   rng = np.random.default_rng(seed)
-  q = jnp.asarray(rng.normal(size=(B, D)), jnp.float32)
-  table = rng.normal(size=(V + 1, D)).astype(np.float32)
-  table[7] = table[3]  # exact ties with target 3 (rows 0 and 1) exercise the tie rule
+  q = jnp.asarray(rng.integers(-3, 4, size=(B, D)), jnp.float32)
+  table = rng.integers(-3, 4, size=(V + 1, D)).astype(np.float32)
+  table[7] = table[3]  # ties with target 3 (rows 0 and 1) exercise the tie rule (integer scores tie elsewhere too)
   target = jnp.asarray([3, 3, 23, 1, 12, 7], jnp.int32)
   history = jnp.asarray(rng.integers(0, V + 1, (B, 2, 3)), jnp.int32).at[0, 0, 0].set(7).at[1, 0, 0].set(3)
   return q, jnp.asarray(table), target, history
@@ -74,8 +76,13 @@ def test_executor_query_only_predictions_rank_like_the_logits():
   _, _, target, history = inputs(3)
   batches = [dict(items=np.asarray(history), cats=np.asarray(history > 0, np.int32), target_item=np.asarray(target),
                   target_cat=np.ones(B, np.int32), weight=np.array([1, 1, 1, 1, 1, 0], np.float32))]
+  # The two paths are differently shaped products, so a score may differ in the last bit (kernels differ between
+  # CPU kinds): ranks must agree up to the candidates within rounding of the target's score (usually none).
+  logits = np.asarray(jax.device_get(ex.predict_fn()(batches[0])), np.float64)[:5]
+  tscore = logits[np.arange(5), np.asarray(target)[:5]][:, None]
+  near = np.sum(np.abs(logits[:, 1:] - tscore) <= 1e-5 * np.maximum(np.abs(tscore), 1.0), axis=1) - 1
   for exclude in (False, True):
     want = predict_rows(ex.predict_fn(), batches, task="next", exclude_history=exclude)
     got = predict_rows(ex.predict_fn(query_only=True), batches, task="next", exclude_history=exclude, item_block=5)
-    np.testing.assert_array_equal(got, want)
-    assert got.shape == (5,)
+    assert got.shape == want.shape == (5,)
+    assert np.all(np.abs(got - want) <= near), (got, want, near)

@@ -75,8 +75,11 @@ def target_ranks_blocked(query: jax.Array, table: jax.Array, target: jax.Array, 
   Peak memory is ``O(B * block)`` instead of ``O(B * V)``; the last block is padded with rows that are never
   candidates, so ``block`` need not divide V. Two passes over the blocks: the first reads each target's score out of
   its block's product, the second counts the candidates that beat it. Every score, the target's included, comes from
-  the same ``[B, block]`` product, so ties are decided exactly as within one ``[B, V]`` matrix (a score computed any
-  other way, e.g. a row-wise dot product, may differ in the last bit). History items are dropped from the
+  the same ``[B, block]`` product, so within one call ties are decided consistently. The scores are those of one
+  ``[B, V]`` matrix up to float rounding only: products of other shapes may use other kernels (which also differ
+  between CPU kinds, e.g. AVX2 and AVX-512), so two scores equal in exact arithmetic may differ in the last bit, and a
+  rank may move past a candidate within an ulp of the target; ranks are identical whenever the products are exact
+  (e.g. small-integer inputs) or no candidate is that close. History items are dropped from the
   candidates inside each block (a binary search in the sorted history), without any ``[B, V]`` mask.
   """
   from mos_jax.models.heads import item_scores  # noqa: PLC0415  (evaluation scores items exactly as the head does)
