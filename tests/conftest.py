@@ -6,7 +6,9 @@ All three must be set before JAX is imported anywhere, which is why they live he
 import os
 import pathlib
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+# Appended, not defaulted: XLA_FLAGS=--xla_cpu_max_isa=AVX2 (the other CPU kind's code) keeps the two devices.
+if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from mos_jax.runtime import tune_host_allocator  # noqa: E402

@@ -56,7 +56,9 @@ def main(argv: list[str]) -> int:
   os.environ["JAX_PLATFORMS"] = "cpu"
   # Test speed: processes other than 0 never hit the persistent compilation cache on CPU (docs/training.md), so they
   # compile every function; LLVM's -O0 cuts the train step's compile by ~40% (results agree to float rounding).
-  os.environ["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
+  # The caller's other flags (e.g. --xla_cpu_max_isa) stay; the device count is set below.
+  inherited = [f for f in os.environ.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f]
+  os.environ["XLA_FLAGS"] = " ".join(inherited + ["--xla_backend_optimization_level=0"])
   sys.path.insert(0, str(REPO))
   import jax  # noqa: PLC0415
 

@@ -218,7 +218,8 @@ def run4(tmp_path_factory) -> pathlib.Path:
 
   # LLVM optimisation level 0: the child compiles in ~60% of the CPU time; the HLO passes (SPMD partitioning, the
   # collectives read here) are the same, and both runs compared share the flag.
-  flags = "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0"
+  inherited = [f for f in os.environ.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f]
+  flags = " ".join(inherited + ["--xla_force_host_platform_device_count=4", "--xla_backend_optimization_level=0"])
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags, PYTHONPATH=str(REPO),
              MOS_JAX_COMPILATION_CACHE=jax.config.jax_compilation_cache_dir or "")
   proc = subprocess.run([sys.executable, __file__, str(out)], capture_output=True, text=True, timeout=300, env=env,
