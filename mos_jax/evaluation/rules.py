@@ -15,6 +15,19 @@ and item facts computed from the training portion, so it has no information a mo
   below 0.5: e.g. "positives are rare items") shows up as the trivial rule it is. Its AUC is 1 minus the rule's.
 - ``generator`` (synthetic only): the generator's own rule (``synthetic.rule_scores``' ``theme_recall``): 1 for the
   successor of the last history item of the target's theme, +0.5 if the history holds the theme at all.
+- ``theme_count`` (synthetic only): ``n_theme`` = number of history items whose generator theme (``item_theme``, the
+  theme that owns the item's id block) is the target's.
+- ``theme_count_popularity`` (synthetic only): ``n_theme * ln(1 + popularity)``, the product of ``theme_count`` and
+  the natural log of one plus the target's train frequency (``popularity``); 0 when the theme is absent.
+- ``theme_count_successor`` (synthetic only): ``n_theme + (L + 1) * succ``, where ``succ`` is the ``generator``
+  rule's chain indicator (1 if the target is the chain successor of the last history item of the target's theme,
+  else 0) and ``L = S * T`` the number of history slots (so ``n_theme <= L``): lexicographic, every chain successor
+  above every other candidate, the theme count ordering each of the two groups.
+
+The synthetic rules are oracles (``ORACLE_RULES``): they read the generator's true item themes and chains, which no
+model is given, so they are a ceiling to read results against, never "the best rule" a model must beat. The three
+``theme_count*`` rules show the shortcut of uniform negatives on the realistic preset: a uniform negative is mostly
+an item of a theme the user never visited, so counting the candidate's theme in the history already ranks well.
 
 CTR: one float64 score per row (higher = more likely positive), tied scores count one half in AUC. Next-item: the
 1-based rank of the target among all items ``1..num_items`` under the rule's score, ties broken by a fixed secondary
@@ -42,13 +55,15 @@ if TYPE_CHECKING:
   from mos_jax.data import PreparedDataset
 
 RULE_NAMES = ("popularity", "in_history", "in_last_session", "category_in_history", "recency")
-SYNTHETIC_RULES = ("generator",)
-ORACLE_RULES = ("generator",)  # know how the data were made: a ceiling to read results against, not a baseline
+SYNTHETIC_RULES = ("generator", "theme_count", "theme_count_popularity", "theme_count_successor")
+# Know how the data were made (the generator's item themes and chains): a ceiling to read results against, not a
+# baseline. Every synthetic rule is one.
+ORACLE_RULES = SYNTHETIC_RULES
 KS = (5, 10, 20, 50)
 
 
 def rule_names(dataset: PreparedDataset) -> tuple[str, ...]:
-  """The rules that apply to ``dataset``: ``RULE_NAMES``, plus ``generator`` for synthetic data."""
+  """The rules that apply to ``dataset``: ``RULE_NAMES``, plus ``SYNTHETIC_RULES`` (oracles) for synthetic data."""
   return RULE_NAMES + (SYNTHETIC_RULES if dataset.meta.get("dataset") == "synthetic" else ())
 
 
@@ -65,6 +80,22 @@ def _successors(chain: np.ndarray) -> np.ndarray:
   for k in range(K):
     succ[chain[k]] = np.roll(chain[k], -1)
   return succ
+
+
+def _theme_facts(flat: np.ndarray, item_theme: np.ndarray, chain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Per row and generator theme k: the number of history items of theme k (int64 [N, K]) and the chain successor of
+  the last history item of theme k (int64 [N, K], -1 when the history holds no item of theme k)."""
+  n, K = len(flat), chain.shape[0]
+  succ = _successors(chain)
+  th = np.where(flat > 0, item_theme[flat], -1)
+  count = np.zeros((n, K), np.int64)
+  nxt = np.full((n, K), -1, np.int64)
+  for k in range(K):  # successor of the last history item of each theme
+    same = th == k
+    count[:, k] = same.sum(1)
+    pos = flat.shape[1] - 1 - np.argmax(same[:, ::-1], 1)
+    nxt[:, k] = np.where(count[:, k] > 0, succ[flat[np.arange(n), pos]], -1)
+  return count, nxt
 
 
 def _tie_order(counts: np.ndarray) -> np.ndarray:
@@ -157,7 +188,14 @@ def rule_outputs(dataset: PreparedDataset, split: str, task: str, arrays: dict[s
     out.update({f"inv_{name}": -out[name] for name in RULE_NAMES})
     if synthetic:
       from mos_jax.data.synthetic import rule_scores  # noqa: PLC0415
-      out["generator"] = rule_scores(a, ev["item_theme"], ev["chain"])["theme_recall"].astype(np.float64)
+      item_theme = ev["item_theme"].astype(np.int64)
+      out["generator"] = rule_scores(a, item_theme, ev["chain"])["theme_recall"].astype(np.float64)
+      count, nxt = _theme_facts(flat, item_theme, ev["chain"])
+      rows, tt = np.arange(n), np.maximum(item_theme[target], 0)  # padding rows (target 0) score 0
+      n_theme = np.where(target > 0, count[rows, tt], 0).astype(np.float64)
+      out["theme_count"] = n_theme
+      out["theme_count_popularity"] = n_theme * np.log1p(counts.astype(np.float64))[target]
+      out["theme_count_successor"] = n_theme + (flat.shape[1] + 1) * (nxt[rows, tt] == target)
     return out
   tb = _tie_order(counts)
   ones = (flat > 0).astype(np.float64)
@@ -166,22 +204,20 @@ def rule_outputs(dataset: PreparedDataset, split: str, task: str, arrays: dict[s
   out["in_last_session"] = _sparse_ranks(*_dedupe_max(last, (last > 0).astype(np.float64)), target, tb)
   out["category_in_history"] = _category_ranks(flat_cat, target, item_cat, tb)
   out["recency"] = _sparse_ranks(*_dedupe_max(flat, rec), target, tb)
-  if synthetic:
-    item_theme, chain = ev["item_theme"].astype(np.int64), ev["chain"]
-    succ = _successors(chain)
-    K = chain.shape[0]
-    th = np.where(flat > 0, item_theme[flat], -1)
-    present = np.zeros((n, K), bool)
-    nxt = np.zeros((n, K), np.int64)
-    for k in range(K):  # successor of the last history item of each theme
-      same = th == k
-      present[:, k] = same.any(1)
-      pos = flat.shape[1] - 1 - np.argmax(same[:, ::-1], 1)
-      nxt[:, k] = np.where(present[:, k], succ[flat[np.arange(n), pos]], -1)
+  if synthetic:  # dense scores of every item 1..M per row
+    item_theme = ev["item_theme"].astype(np.int64)
+    count, nxt = _theme_facts(flat, item_theme, ev["chain"])
     all_items = np.arange(1, len(item_theme))
     it = item_theme[all_items]
-    score = 0.5 * present[:, it] + (nxt[:, it] == all_items[None, :])
-    out["generator"] = _sparse_ranks(np.broadcast_to(all_items, score.shape), score, target, tb)
+    n_theme = count[:, it].astype(np.float64)  # [N, M]
+    is_succ = nxt[:, it] == all_items[None, :]
+    cand = np.broadcast_to(all_items, n_theme.shape)
+    dense = {"generator": lambda: 0.5 * (n_theme > 0) + is_succ,  # built one at a time: each is [N, M]
+             "theme_count": lambda: n_theme,
+             "theme_count_popularity": lambda: n_theme * np.log1p(counts.astype(np.float64))[all_items][None, :],
+             "theme_count_successor": lambda: n_theme + (flat.shape[1] + 1) * is_succ}
+    for name in SYNTHETIC_RULES:
+      out[name] = _sparse_ranks(cand, dense[name](), target, tb)
   return out
 
 
