@@ -157,6 +157,20 @@ def test_target_aware_hosts_are_refused_in_next_item_mode_before_any_work():
   parse_command_line(["--config.data.task=next", "--config.model.backbone=mamba4rec"])  # target-free: fine
 
 
+def test_chunk_len_session_mode_and_ctr_negatives_are_checked_before_any_work():
+  with pytest.raises(ConfigError, match=r"^--config.data.chunk_len=0: config.data.chunk_len=0: expected an integer "
+                                        r">= 1 with session_mode='chunk'$"):
+    parse_command_line(["--config.data.session_mode=chunk", "--config.data.chunk_len=0"])
+  parse_command_line(["--config.data.chunk_len=0"])  # unused in gap mode: not an error
+  with pytest.raises(ConfigError, match=r"^config.data.session_mode='time': expected one of \('gap', 'chunk'\)$"):
+    config_lib.validate(dataclasses.replace(Config(), data=dataclasses.replace(Config().data, session_mode="time")))
+  # CTR without negatives: every label is 1, AUC is undefined and no checkpoint is ever the best.
+  with pytest.raises(ConfigError, match=r"^--config.data.neg_ratio=0: config.data.neg_ratio=0: expected an integer "
+                                        r">= 1 with task='ctr' \(0 only for task='next'\)$"):
+    parse_command_line(["--config.data.neg_ratio=0"])
+  parse_command_line(["--config.data.task=next", "--config.data.neg_ratio=0"])  # next-item: no negatives needed
+
+
 def test_moe_fields_are_checked_for_moe_models_and_saved_configs_are_validated():
   with pytest.raises(ConfigError, match=r"--config.model.moe.top_k=9: config.model.moe.top_k=9: expected an integer"):
     parse_command_line(["--config.model.name=gshard", "--config.model.moe.top_k=9"])

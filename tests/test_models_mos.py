@@ -1,6 +1,7 @@
 """MoS against a plain loop over users and experts (forward and gradient), and its invariances and switches."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,7 @@ import pytest
 from flax import nnx
 
 from mos_jax.models import ModelConfig, build_encoder, build_model
-from mos_jax.models.router import session_summary
+from mos_jax.models.router import Router, session_summary
 
 B, S, T, K = 2, 4, 2, 3
 BASE = ModelConfig(name="mos", num_items=12, num_cats=4, num_sessions=S, session_len=T, embed_dim=8, hidden_dim=8,
@@ -108,9 +109,10 @@ def ref_head(model, u, target, cfg):
 
 
 def loop_forward(model, batch, plans, cfg, cap, single_def):
-  """MoS with the theme experts run one user and one theme at a time (sliced stacked parameters, gate-scaled
-  sessions concatenated in time order); the global/short experts are the model's own encoders (tested on their
-  own in test_models_encoders.py); the fusion gate and the head are written out here from their parameters."""
+  """MoS with the theme experts run one user and one theme at a time (sliced stacked parameters, sessions
+  concatenated in time order, output times the mean gate of those sessions); the global/short experts are the
+  model's own encoders (tested on their own in test_models_encoders.py); the fusion gate and the head are written out
+  here from their parameters."""
   stacked = nnx.state(model.theme_experts)
   experts = [nnx.merge(single_def, jax.tree.map(lambda a: a[e], stacked)) for e in range(K)]
   x, mask, target = model.embedder.embed_batch(batch)
@@ -125,12 +127,13 @@ def loop_forward(model, batch, plans, cfg, cap, single_def):
   for e in range(K):
     h_e = []
     for b in range(b_):
-      seq = [x[b, s] * probs[b, s, e] for s in plans[b][e]]
+      seq = [x[b, s] for s in plans[b][e]]
+      gate = sum(probs[b, s, e] for s in plans[b][e]) / max(len(plans[b][e]), 1)
       msk = [mask[b, s] for s in plans[b][e]]
       pad = cap - len(seq)
       seq = jnp.concatenate(seq + [jnp.zeros((T, d), x.dtype)] * pad, 0)[None]
       msk = jnp.concatenate(msk + [jnp.zeros((T,), bool)] * pad, 0)[None]
-      h_e.append(experts[e](seq, msk, None if tgt is None else tgt[b:b + 1], deterministic=True))
+      h_e.append(experts[e](seq, msk, None if tgt is None else tgt[b:b + 1], deterministic=True) * gate)
     hs.append(jnp.concatenate(h_e, 0))
     avail.append(np.array([bool(plans[b][e]) for b in range(b_)]))
   u = ref_fusion(model, jnp.stack(hs, 1), np.stack(avail, 1), tgt)
@@ -161,7 +164,7 @@ def test_matches_loop_forward_and_grad(built):
   np.testing.assert_allclose(vf, vr, rtol=1e-5, atol=1e-5)
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(gf), jax.tree.leaves(gr)):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6, err_msg=jax.tree_util.keystr(path))
-  # The router learns through the gate scaling of dispatched sessions.
+  # The router learns through the gate scaling of the theme experts' outputs.
   assert any(np.abs(a).max() > 0 for a in jax.tree.leaves(gf["router"]))
 
 
@@ -380,3 +383,62 @@ def test_router_mi_weight_adds_the_mutual_information_loss():
   np.testing.assert_allclose(b.aux_loss, a.aux_loss + 0.5 * (cond - marg), rtol=1e-4, atol=1e-7)
   with pytest.raises(ValueError, match="router_mi_weight"):
     build_model(dataclasses.replace(BASE, router_mi_weight=-1.0), rngs=nnx.Rngs(0))
+
+
+def test_gate_scaling_multiplies_the_theme_outputs_so_items_and_positions_stay_alike():
+  """gate_scaling=multiply with a constant gate g (zero router kernel, a bias sending every session to theme 0): the
+  SASRec theme expert's output is g times its output on the unscaled sessions, so its items and learned positions
+  keep their proportions (scaling the input instead, SASRec(g x) + positions, would not give g h). Checked through
+  fusion=mean over the theme experts only and a bias-free next-item head, where the scores are linear in h. The
+  router still gets a gradient from the task."""
+  cfg = dataclasses.replace(BASE, task="next", capacity_factor=3.0, fusion="mean", use_global_expert=False,
+                            use_short_expert=False)  # C = S: theme 0 holds every session
+  model = build_model(cfg, rngs=nnx.Rngs(0))
+  model.router.proj.kernel[...] = jnp.zeros_like(model.router.proj.kernel[...])
+  model.router.proj.bias[...] = jnp.array([1.0, 0.0, 0.0])
+  model.head.head.proj.bias[...] = jnp.zeros_like(model.head.head.proj.bias[...])
+  g = float(np.exp(1.0) / (np.exp(1.0) + 2.0))  # softmax([1, 0, 0])[0]
+  g_mul, params, rest = nnx.split(model, nnx.Param, ...)
+  model.gate_scaling = "none"
+  g_none = nnx.graphdef(model)
+  cot = jnp.asarray(np.random.default_rng(2).normal(size=(B, cfg.num_items)), jnp.float32)
+
+  # XLA's CPU optimisations off (as in test_torch_parity.py): the model's math is checked, compiled ~3x faster
+  fast = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
+
+  @functools.partial(jax.jit, compiler_options=fast if jax.default_backend() == "cpu" else None)
+  def run(p):
+    scores = lambda gd, q: nnx.merge(gd, q, rest)(BATCH, deterministic=True).logits[:, 1:]  # noqa: E731
+    mul, vjp = jax.vjp(lambda q: scores(g_mul, q), p)
+    return mul, scores(g_none, p), vjp(cot)[0]
+
+  mul, none, grads = run(params)
+  assert np.abs(np.asarray(none)).max() > 1e-3
+  np.testing.assert_allclose(mul, g * np.asarray(none), rtol=1e-5, atol=1e-6)
+  for leaf in ("kernel", "bias"):
+    assert np.abs(np.asarray(grads["router"]["proj"][leaf])).max() > 1e-6, leaf
+
+
+def test_prototype_router_learns_its_logit_scale():
+  """router=prototype: logits = cos(summary, prototype) * exp(log_scale), log_scale starting at -log(temperature) and
+  learned (router_learn_temperature), so the logits can leave [-1, 1]; False keeps the fixed 1 / temperature."""
+  cfg = dataclasses.replace(BASE, router="prototype", router_temperature=0.5, num_themes=2)
+  router = Router(cfg, rngs=nnx.Rngs(0))
+  np.testing.assert_allclose(np.exp(float(router.log_scale[...])), 2.0, rtol=1e-6)
+  router.prototypes[...] = jnp.eye(2, 8, dtype=jnp.float32)
+  summaries = jnp.zeros((1, 2, 8)).at[0, 0, 0].set(3.0).at[0, 1, :2].set(1.0)  # cosines [1, 0] and [.71, .71]
+  mask = jnp.ones((1, 2), bool)
+  cos = np.array([[[1.0, 0.0], [0.5**0.5, 0.5**0.5]]])
+  np.testing.assert_allclose(router(summaries, mask), 2.0 * cos, rtol=1e-6, atol=1e-7)
+  gd, params = nnx.split(router, nnx.Param)
+  c = jnp.array([[[1.0, -2.0], [0.5, 3.0]]])
+  grads = jax.grad(lambda p: jnp.sum(nnx.merge(gd, p)(summaries, mask) * c))(params)
+  np.testing.assert_allclose(grads["log_scale"][...], np.sum(2.0 * cos * np.asarray(c)), rtol=1e-5)  # d/d log s
+  router.log_scale[...] = jnp.asarray(np.log(5.0), jnp.float32)  # grown by training
+  np.testing.assert_allclose(router(summaries, mask), 5.0 * cos, rtol=1e-6, atol=1e-7)
+  fixed = Router(dataclasses.replace(cfg, router_learn_temperature=False), rngs=nnx.Rngs(0))
+  assert fixed.log_scale is None and "log_scale" not in nnx.state(fixed, nnx.Param)
+  fixed.prototypes[...] = jnp.eye(2, 8, dtype=jnp.float32)
+  np.testing.assert_allclose(fixed(summaries, mask), 2.0 * cos, rtol=1e-6, atol=1e-7)
+  with pytest.raises(ValueError, match="ModelConfig.router_learn_temperature='yes'"):
+    dataclasses.replace(cfg, router_learn_temperature="yes").validate()

@@ -215,3 +215,23 @@ def test_gate_weights():
     np.testing.assert_allclose(jax.grad(lambda g: jnp.sum(f(g)))(gate), grad, rtol=1e-6)  # noqa: B023
   with pytest.raises(ValueError, match="gate_scaling"):
     routing.gate_weights(gate, "sigmoid")
+
+
+def test_mi_terms_under_pmap_are_the_global_batchs_with_one_gradient():
+  """mean_entropy - marginal_entropy under pmap on 2 devices holding different numbers of valid rows: every device
+  gets the global batch's value, and each device's gradient w.r.t. its own rows is the global value's gradient (a
+  differentiated psum would double it, a per-device mean would change the value)."""
+  assert jax.device_count() >= 2, "tests/conftest.py should force 2 CPU devices"
+  logits = np.random.default_rng(5).normal(size=(2, 3, 2)).astype(np.float32)  # [device, row, K]
+  valid = np.array([[True, True, False], [True, True, True]])
+
+  def mi(z, v, axis=None):
+    p = jnp.where(v[..., None], jax.nn.softmax(z, -1), 0.0)
+    return routing.mean_entropy(p, v, axis) - routing.marginal_entropy(p, v, axis)
+
+  want, want_g = jax.value_and_grad(mi)(logits.reshape(6, 2), valid.reshape(6))
+  got, got_g = jax.pmap(lambda z, v: jax.value_and_grad(lambda zz: mi(zz, v, "d"))(z), axis_name="d",
+                        devices=jax.devices()[:2])(logits, valid)
+  np.testing.assert_allclose(got, [want, want], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(got_g.reshape(6, 2), want_g, rtol=1e-5, atol=1e-6)
+  assert np.abs(want_g).max() > 1e-3

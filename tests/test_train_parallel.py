@@ -1,8 +1,9 @@
 """1 vs 2 forced CPU devices, mesh and pmap paths: the same losses and parameters for a few steps.
 
-Auxiliary losses are on: the models compute their balance / z-loss statistics over the global batch under pmap too
-(``models.set_batch_axis``), so every path optimises exactly the same objective; one padding row (weight 0) makes the
-devices' counts of valid rows differ, so a per-device mean would show. The MoE baselines run with capacities that
+Auxiliary losses are on: the models compute their balance / z-loss / clustering (MI) statistics over the global batch
+under pmap too (``models.set_batch_axis``), so every path optimises exactly the same objective; one padding row
+(weight 0) makes the devices' counts of valid rows differ and the devices hold different numbers of real sessions, so
+a per-device mean (or an aux gradient counted once per device) would show. The MoE baselines run with capacities that
 drop nothing, because under pmap each device's batch is its own routing group (by design, docs/training.md).
 With dropout on, mesh and pmap draw different masks (per array, not per example); the pmap path is then checked
 exactly against its definition: device d's rows use the model's RNG keys with d folded in.
@@ -26,7 +27,7 @@ B, S, T, N_ITEMS, N_CATS, STEPS = 4, 4, 4, 20, 5, 3
 
 MODEL = ModelConfig(name="mos", backbone="sasrec", task="ctr", num_items=N_ITEMS, num_cats=N_CATS, num_sessions=S,
                     session_len=T, embed_dim=8, hidden_dim=8, num_layers=1, num_heads=2, dropout=0.0, num_themes=2,
-                    balance_loss_weight=0.1, z_loss_weight=0.01)
+                    balance_loss_weight=0.1, z_loss_weight=0.01, router_mi_weight=0.1)
 # No-drop capacities for the MoE baselines (C = B): GShard cf = E / k, Expert Choice cf = E.
 MOE = MoEConfig(num_experts=2, top_k=1, capacity_factor=2.0, expert_choice_capacity_factor=2.0,
                 dselect_entropy_weight=0.1)
@@ -91,8 +92,10 @@ def test_losses_and_params_match_one_device_mesh(reference, parallelism, n_devic
   _assert_same_run(got, reference)
   ex = got[0]
   assert float(reference[0].first_metrics["aux_loss"]) > 0
-  for key in ("aux_loss", "balance_loss", "z_loss"):  # global-batch statistics on every path
-    np.testing.assert_allclose(ex.first_metrics[key], reference[0].first_metrics[key], rtol=1e-5)
+  # Global-batch statistics on every path, and the same gradient (counted once, not once per device).
+  for key in ("aux_loss", "balance_loss", "z_loss", "mi_loss", "router_entropy", "grad_norm"):
+    np.testing.assert_allclose(ex.first_metrics[key], reference[0].first_metrics[key], rtol=1e-5, atol=1e-6,
+                               err_msg=key)
   if parallelism == "mesh":
     # The batch is really split over the data axis, and (expert=2) the stacked theme experts over the expert axis.
     assert ex.num_shards == 2 // mesh_expert

@@ -8,6 +8,7 @@ NEGATIVES = ("uniform", "popularity", "in_category", "history_matched", "matched
 TARGET_POSITIONS = ("all", "session_start")
 FORMATS = ("numpy", "array_record")  # DataConfig.format
 SYNTHETIC_PRESETS = ("hopping", "realistic")
+SESSION_MODES = ("gap", "chunk")  # DataConfig.session_mode
 
 
 @dataclasses.dataclass
@@ -125,8 +126,14 @@ class DataConfig:
     for field in ("num_sessions", "session_len"):
       if getattr(self, field) < 1:
         bad(field, "an integer >= 1")
+    if self.session_mode not in SESSION_MODES:
+      bad("session_mode", f"one of {SESSION_MODES}")
+    if self.session_mode == "chunk" and self.chunk_len < 1:  # 0 would make every event its own session
+      bad("chunk_len", "an integer >= 1 with session_mode='chunk'")
     if self.neg_ratio < 0:
       bad("neg_ratio", "an integer >= 0")
+    if self.task == "ctr" and self.neg_ratio < 1:  # no negatives: AUC is undefined and no checkpoint is ever best
+      bad("neg_ratio", "an integer >= 1 with task='ctr' (0 only for task='next')")
     if self.negatives != "auto" and self.negatives not in NEGATIVES:
       bad("negatives", f"auto or one of {NEGATIVES}")
     if self.negatives_kind() == "matched" and self.dataset != "synthetic":

@@ -89,6 +89,9 @@ class ModelConfig:
   capacity_multiple: int = 1  # round C up to a multiple of this
   router: str = "linear"  # linear | prototype
   router_temperature: float = 1.0
+  # Prototype router only: the logit scale 1 / temperature is a learned parameter (``log_scale``, initialised from
+  # router_temperature), so cosine logits in [-1, 1] can sharpen as far as training needs; False = fixed temperature.
+  router_learn_temperature: bool = True
   router_mlp: bool = False
   router_input: str = "mean"  # session summary the router reads: mean | last (most recent item) | attention (pooled)
   dispatch: str = "einsum"  # einsum | gather
@@ -96,7 +99,7 @@ class ModelConfig:
   # Reconstructed routing choices (docs/model.md):
   routing_priority: str = "choice"  # choice: every 1st choice beats every 2nd choice | time: sessions in order only
   drop_policy: str = "oldest"  # oldest | newest: which sessions of an overflowing theme are dropped
-  gate_scaling: str = "multiply"  # multiply | straight_through | none: how the router gate scales dispatched sessions
+  gate_scaling: str = "multiply"  # multiply | straight_through | none: how the router gate scales theme outputs
   # MoS experts and fusion.
   use_theme_experts: bool = True
   use_global_expert: bool = True
@@ -175,6 +178,8 @@ class ModelConfig:
       bad("router_mi_weight", self.router_mi_weight, ">= 0")
     if self.router_temperature <= 0:
       bad("router_temperature", self.router_temperature, "> 0")
+    if not isinstance(self.router_learn_temperature, bool):
+      bad("router_learn_temperature", self.router_learn_temperature, "True or False")
     if not 0.0 <= self.dropout < 1.0:
       bad("dropout", self.dropout, "in [0, 1)")
     if self.name in MOE_MODELS:

@@ -44,7 +44,8 @@ def _einsum(x, mask, plan, weights, num_themes, capacity):
   # on TPU, TF32 on GPU), which would perturb the gate weights and the session embeddings.
   hi = jax.lax.Precision.HIGHEST
   d = jnp.einsum("bsje,bsjc,bsj->bsec", e, c, keep, precision=hi)  # [B,S,K,C] 0/1 dispatch
-  dw = jnp.einsum("bsje,bsjc,bsj->bsec", e, c, keep * weights.astype(jnp.float32), precision=hi)  # weighted
+  dw = d if weights is None else jnp.einsum("bsje,bsjc,bsj->bsec", e, c, keep * weights.astype(jnp.float32),
+                                            precision=hi)  # weighted
   # buffers[B,K,C,...] = sum_s dw[b,s,k,c] * x[b,s,...]; exactly one non-zero term per slot.
   buf = jnp.einsum("bskc,bs...->bkc...", dw, x.astype(jnp.float32), precision=hi)
   bmask = jnp.einsum("bskc,bs...->bkc...", d, mask.astype(jnp.float32), precision=hi)
@@ -53,9 +54,10 @@ def _einsum(x, mask, plan, weights, num_themes, capacity):
 
 def _gather(x, mask, plan, weights, num_themes, capacity):
   idx = slot_sessions(plan, num_themes=num_themes, capacity=capacity)  # [B,K,C]
-  w = slot_weights(plan, weights, num_themes=num_themes, capacity=capacity)  # [B,K,C]
   take = jax.vmap(lambda xb, ib: xb[jnp.maximum(ib, 0)])  # per row: [S,...] by [K,C] -> [K,C,...]
   full = idx >= 0
+  w = (full.astype(jnp.float32) if weights is None
+       else slot_weights(plan, weights, num_themes=num_themes, capacity=capacity))  # [B,K,C]
   expand = lambda a, like: a.reshape(a.shape + (1,) * (like.ndim - 2))  # [B,K,C] -> [B,K,C,1,...]  # noqa: E731
   buf = take(x, idx).astype(jnp.float32) * expand(w, x)
   bmask = take(mask, idx) & expand(full, mask)
@@ -67,9 +69,7 @@ _METHODS = {"einsum": _einsum, "gather": _gather}
 
 def dispatch(x: jax.Array, mask: jax.Array, plan: RoutingPlan, *, num_themes: int, capacity: int,
              weights: jax.Array | None = None, method: str = "einsum") -> tuple[jax.Array, jax.Array]:
-  """See the module docstring. ``weights`` defaults to ones (plain dispatch)."""
+  """See the module docstring. ``weights`` None: plain dispatch (weight 1, and no weighted einsum to compute)."""
   if method not in _METHODS:
     raise ValueError(f"ModelConfig.dispatch={method!r}: expected one of {tuple(_METHODS)}")
-  if weights is None:
-    weights = jnp.ones(plan.expert.shape, jnp.float32)
   return _METHODS[method](x, mask.astype(bool), plan, weights, num_themes, capacity)

@@ -147,8 +147,9 @@ def _mos(cfg: ModelConfig) -> dict[str, float]:
       if cfg.target_routing:  # the router on the candidate too: one more row
         router += 2 * d * k + (2 * d * d if cfg.router_mlp else 0)
     if cfg.dispatch == "einsum":
-      # two [S,k]x[S,k,C]->[S,K,C] mask einsums (0/1 and gate-weighted), then buffers and buffer masks.
-      dispatch = 2 * (2 * s * top_k * c + 2 * s * k * c * top_k) + 2 * s * k * c * t * d + 2 * s * k * c * t
+      # one [S,k]x[S,k,C]->[S,K,C] 0/1 mask einsum (the gate scales the experts' outputs, not the dispatch), then
+      # buffers and buffer masks.
+      dispatch = (2 * s * top_k * c + 2 * s * k * c * top_k) + 2 * s * k * c * t * d + 2 * s * k * c * t
   n_fused = int(cfg.use_global_expert) + int(cfg.use_short_expert) + (k if cfg.use_theme_experts else 0)
   fusion = 2 * n_fused * h  # weighted sum of the expert outputs
   if cfg.fusion == "gate":

@@ -6,8 +6,9 @@ Forward pass (docs/model.md; every reconstructed choice is a ModelConfig switch,
       global expert:      encoder(x as [B,S*T,D])                                   -> h_g[B,H]
       short-term expert:  encoder(last n sessions as [B,n*T,D])                     -> h_s[B,H]
       theme experts:      Router(session means) -> top-k -> capacity/slots (routing.py)
-                          -> dispatch (dispatch.py) -> buffers[B,K,C,T,D] (gate-scaled)
+                          -> dispatch (dispatch.py) -> buffers[B,K,C,T,D]
                           -> K stacked encoders, one batched call on [K,B,C*T,D]      -> h_k[B,K,H]
+                          -> h_k * (mean gate of theme k's kept sessions)  (gate_scaling)
       FusionGate over the 2+K outputs (target-conditioned in CTR mode; empty themes masked) -> u[B,H]
       TaskHead(u) -> logits;  aux_loss = balance + z-loss (weighted);  metrics (explicit dict)
 """
@@ -114,7 +115,7 @@ class MoS(nnx.Module):
       expert, gate, valid = routing.top_k_choice(probs, smask, self.top_k)
       bal = routing.balance_loss(probs, expert, smask, self.batch_axis)
       zl = routing.z_loss(logits, smask, self.batch_axis)
-      ent = routing.mean_entropy(probs, smask)
+      ent = routing.mean_entropy(probs, smask, self.batch_axis)
       aux = self.balance_weight * bal + self.z_weight * zl
       if self.mi_weight:
         mi_loss = ent - routing.marginal_entropy(probs, smask, self.batch_axis)
@@ -159,9 +160,7 @@ class MoS(nnx.Module):
     if self.use_theme_experts:
       k, c = self.num_themes, self.capacity
       plan, aux, metrics = self.route(x, mask, batch)
-      weights = routing.gate_weights(plan.gate, self.gate_scaling)
-      buf, bmask = dispatch(x, mask, plan, num_themes=k, capacity=c, weights=weights,
-                            method=self.dispatch_method)  # [B,K,C,T,D], [B,K,C,T]
+      buf, bmask = dispatch(x, mask, plan, num_themes=k, capacity=c, method=self.dispatch_method)  # [B,K,C,T,D]
       # Expert parallelism (a no-op without an expert mesh axis): buffers split (data, expert), so each device
       # builds and encodes only its own themes' buffers for its own rows (expert_sharding.py).
       buf, bmask = (expert_sharding.constrain(a, (DATA, EXPERT)) for a in (buf, bmask))
@@ -177,6 +176,10 @@ class MoS(nnx.Module):
         enc = self.shared_theme_expert if self.theme_params == "shared" else self.global_expert
         h = enc(xs.reshape(k * b, c * t, d), ms.reshape(k * b, c * t),
                 None if ts is None else ts.reshape(k * b, -1), deterministic=deterministic).reshape(k, b, -1)
+      # The gate scales each theme's output, not its input, so that SASRec's positions and the items stay in
+      # proportion inside every expert (issue 22); the router learns through it.
+      g = routing.gate_weights(routing.theme_gates(plan, k), self.gate_scaling)  # [B,K]
+      h = (h.astype(jnp.float32) * jnp.swapaxes(g, 0, 1)[..., None]).astype(h.dtype)
       outs.append(jnp.swapaxes(h, 0, 1))
       avail.append(jnp.any(bmask, axis=(2, 3)))
     hs = jnp.concatenate([o.astype(x.dtype) for o in outs], axis=1)  # [B,E,H]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -28,7 +30,8 @@ def last_item(x: jax.Array, mask: jax.Array) -> jax.Array:
 class Router(nnx.Module):
   """summaries[B,S,D], session_mask[B,S] -> logits f32[B,S,K] (padding sessions = NEG).
 
-  ``linear``: a dense layer; ``prototype``: cosine similarity to K learned theme prototypes / temperature.
+  ``linear``: a dense layer; ``prototype``: cosine similarity to K learned theme prototypes times a logit scale,
+  exp(``log_scale``), learned from 1 / temperature (``cfg.router_learn_temperature``), else fixed 1 / temperature.
   ``router_mlp`` adds a residual GELU layer on the summaries first. Runs in float32 (routing decisions are discrete:
   bfloat16 rounding would flip them). ``summarize`` turns a session grid into the summaries (``cfg.router_input``).
   """
@@ -45,6 +48,9 @@ class Router(nnx.Module):
       self.proj = nnx.Linear(d, k, rngs=rngs)
     else:
       self.prototypes = nnx.Param(jax.random.normal(rngs.params(), (k, d), jnp.float32))
+      # learned: cosines lie in [-1, 1], so a fixed temperature caps how confident the router can get
+      self.log_scale = (nnx.Param(jnp.asarray(-math.log(cfg.router_temperature), jnp.float32))
+                        if cfg.router_learn_temperature else None)
 
   def summarize(self, x: jax.Array, mask: jax.Array) -> jax.Array:
     """x[B,S,T,D], mask[B,S,T] -> float32 [B,S,D]: session mean | last item | attention pooling (zeros = padding)."""
@@ -65,6 +71,7 @@ class Router(nnx.Module):
       logits = self.proj(s)
     else:
       unit = lambda v: v * jax.lax.rsqrt(jnp.sum(v * v, axis=-1, keepdims=True) + 1e-12)  # noqa: E731
-      # logits[B,S,K] = cos(s, prototype_k) / temperature
-      logits = jnp.einsum("bsd,kd->bsk", unit(s), unit(self.prototypes[...])) / self.temperature
+      # logits[B,S,K] = cos(s, prototype_k) * scale, scale = exp(log_scale) (learned) or 1 / temperature
+      scale = 1.0 / self.temperature if self.log_scale is None else jnp.exp(self.log_scale[...])
+      logits = jnp.einsum("bsd,kd->bsk", unit(s), unit(self.prototypes[...])) * scale
     return jnp.where(session_mask[..., None], logits, NEG)

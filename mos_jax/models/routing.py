@@ -101,18 +101,27 @@ def make_plan(expert: jax.Array, gate: jax.Array, valid: jax.Array, *, num_theme
   return RoutingPlan(expert, gate, valid, keep, slot)
 
 
-def gate_weights(gate: jax.Array, mode: str) -> jax.Array:
-  """How dispatched sessions are scaled so that the router learns (ModelConfig.gate_scaling).
+def theme_gates(plan: RoutingPlan, num_themes: int) -> jax.Array:
+  """f32[B,K]: the mean gate of the choices each theme kept per user (0 for an empty theme); differentiable in gate."""
+  kept = jax.nn.one_hot(plan.expert, num_themes, dtype=jnp.float32) * plan.keep[..., None]  # [B,S,k,K]
+  total = jnp.sum(kept * plan.gate.astype(jnp.float32)[..., None], axis=(1, 2))  # exact sums, no matmul
+  return total / jnp.maximum(jnp.sum(kept, axis=(1, 2)), 1.0)
 
+
+def gate_weights(gate: jax.Array, mode: str) -> jax.Array:
+  """How theme-expert outputs are scaled so that the router learns (ModelConfig.gate_scaling).
+
+  ``gate``: a theme's mean gate per user (``theme_gates``). The scaling acts on the expert's output, not on its input,
+  so an expert sees its sessions exactly as the global expert does (item and position embeddings at their own sizes).
   "multiply": by the gate itself; "straight_through": by 1 in value with gradient 1 w.r.t. the gate
   (1 + g - stop_grad(g)), so the router gets the gradient it would get under "multiply" at gate 1, never the x / g
   blow-up of g / stop_grad(g) for small gates; "none": by 1 (the router then gets no gradient from the experts, only
-  from the aux losses). Where the gate is 0 (invalid or dropped choices) every mode gives weight 0.
+  from the aux losses). Where the gate is 0 (an empty theme) "multiply" and "straight_through" give weight 0.
   """
   if mode == "multiply":
     return gate
   if mode == "straight_through":
-    # Zero gates (padding / label routing of invalid sessions) keep weight 0, as under "multiply".
+    # Zero gates (empty themes, label routing of invalid sessions) keep weight 0, as under "multiply".
     return jnp.where(gate > 0, 1.0 + gate - jax.lax.stop_gradient(gate), 0.0)
   if mode == "none":
     return jnp.ones_like(gate)
@@ -149,21 +158,26 @@ def balance_loss(probs: jax.Array, expert: jax.Array, session_mask: jax.Array, a
   return k * jnp.sum(jax.lax.stop_gradient(f) * p)
 
 
-def mean_entropy(probs: jax.Array, valid: jax.Array) -> jax.Array:
-  """Mean entropy (nats) over the valid rows of ``probs`` [..., K] (valid [...]); 0 * log 0 = 0."""
+def mean_entropy(probs: jax.Array, valid: jax.Array, axis_name: str | None = None) -> jax.Array:
+  """Mean entropy (nats) over the valid rows of ``probs`` [..., K] (valid [...]); 0 * log 0 = 0.
+
+  ``axis_name`` (pmap): the global batch's mean, with this device's share of the gradient (``batch_mean``).
+  """
   ent = -jnp.sum(jnp.where(probs > 0, probs * jnp.log(jnp.where(probs > 0, probs, 1.0)), 0.0), axis=-1)
   v = valid.astype(jnp.float32)
-  return jnp.sum(v * ent) / jnp.maximum(jnp.sum(v), 1.0)
+  return batch_mean(jnp.sum(v * ent), jnp.sum(v), axis_name)
 
 
 def marginal_entropy(probs: jax.Array, valid: jax.Array, axis_name: str | None = None) -> jax.Array:
   """Entropy (nats) of the mean routing distribution over the valid rows of ``probs`` [..., K] (of the global batch
-  under ``axis_name``): log K when every theme gets the same share, 0 when one theme gets everything."""
+  under ``axis_name``): log K when every theme gets the same share, 0 when one theme gets everything.
+
+  Under ``axis_name`` the mean distribution comes from ``batch_mean``: its value is the global one on every device,
+  its gradient this device's share, so the entropy's gradient (chain rule at the global mean) summed over devices is
+  the gradient of the global entropy, once (a differentiated ``psum`` would count it once per device).
+  """
   v = valid.astype(jnp.float32)[..., None]
-  total, count = jnp.sum(v * probs, axis=tuple(range(probs.ndim - 1))), jnp.sum(v)
-  if axis_name is not None:
-    total, count = jax.lax.psum(total, axis_name), jax.lax.psum(count, axis_name)
-  p = total / jnp.maximum(count, 1.0)
+  p = batch_mean(jnp.sum(v * probs, axis=tuple(range(probs.ndim - 1))), jnp.sum(v), axis_name)
   return -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
 
 

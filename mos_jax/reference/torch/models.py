@@ -8,6 +8,7 @@ Switches this reference does not port are refused by ``check_supported`` with th
 
 from __future__ import annotations
 
+import math
 from typing import Mapping, NamedTuple
 
 import torch
@@ -152,6 +153,8 @@ class Router(nn.Module):
       self.proj = nn.Linear(d, k)
     else:
       self.prototypes = nn.Parameter(torch.randn(k, d))
+      self.log_scale = (nn.Parameter(torch.tensor(-math.log(cfg.router_temperature)))
+                        if cfg.router_learn_temperature else None)
 
   def summarize(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """x[B,S,T,D], mask[B,S,T] -> [B,S,D] (zeros for padding sessions)."""
@@ -170,7 +173,8 @@ class Router(nn.Module):
       logits = self.proj(s)
     else:
       unit = lambda v: v * torch.rsqrt((v * v).sum(-1, keepdim=True) + 1e-12)  # noqa: E731
-      logits = torch.einsum("bsd,kd->bsk", unit(s), unit(self.prototypes)) / self.temperature
+      scale = 1.0 / self.temperature if self.log_scale is None else torch.exp(self.log_scale)
+      logits = torch.einsum("bsd,kd->bsk", unit(s), unit(self.prototypes)) * scale
     return logits.masked_fill(~session_mask[..., None], NEG)
 
 
@@ -273,15 +277,17 @@ class MoS(nn.Module):
     if self.router is not None:
       k, c = self.num_themes, self.capacity
       plan, aux, metrics = self.route(x, mask)
-      weights = routing.gate_weights(plan.gate, self.cfg.gate_scaling)
-      buf, bmask = routing.dispatch(x, mask, plan, weights, num_themes=k, capacity=c)  # [B,K,C,T,D], [B,K,C,T]
+      ones = torch.ones_like(plan.gate)  # plain dispatch: the gate scales the experts' outputs
+      buf, bmask = routing.dispatch(x, mask, plan, ones, num_themes=k, capacity=c)  # [B,K,C,T,D], [B,K,C,T]
       xs, ms = buf.reshape(b, k, c * t, d), bmask.reshape(b, k, c * t)
       if self.theme_experts is not None:
-        outs.extend(enc(xs[:, e], ms[:, e], tgt) for e, enc in enumerate(self.theme_experts))
+        hk = [enc(xs[:, e], ms[:, e], tgt) for e, enc in enumerate(self.theme_experts)]
       else:  # one encoder's weights for every theme: the K subsequences are B*K rows of one call
         enc = self.shared_theme_expert if self.shared_theme_expert is not None else self.global_expert
         ts = None if tgt is None else tgt[:, None].expand(b, k, tgt.shape[-1]).reshape(b * k, -1)
-        outs.extend(enc(xs.reshape(b * k, c * t, d), ms.reshape(b * k, c * t), ts).reshape(b, k, -1).unbind(1))
+        hk = enc(xs.reshape(b * k, c * t, d), ms.reshape(b * k, c * t), ts).reshape(b, k, -1).unbind(1)
+      g = routing.gate_weights(routing.theme_gates(plan, k), self.cfg.gate_scaling)  # [B,K]
+      outs.extend(h * g[:, e, None] for e, h in enumerate(hk))
       avail.append(bmask.any(dim=(2, 3)))
     hs = torch.stack(outs, dim=1)  # [B,E,H]
     prior = None

@@ -67,8 +67,15 @@ def assign_slots(expert: torch.Tensor, valid: torch.Tensor, *, num_themes: int, 
   return keep, torch.where(keep, slot, torch.zeros_like(slot))
 
 
+def theme_gates(plan: RoutingPlan, num_themes: int) -> torch.Tensor:
+  """[B,K]: the mean gate of the choices each theme kept per user (0 for an empty theme)."""
+  kept = F.one_hot(plan.expert, num_themes).float() * plan.keep[..., None].float()  # [B,S,k,K]
+  return torch.einsum("bsje,bsj->be", kept, plan.gate) / torch.clamp(kept.sum(dim=(1, 2)), min=1.0)
+
+
 def gate_weights(gate: torch.Tensor, mode: str) -> torch.Tensor:
-  """ModelConfig.gate_scaling: multiply | straight_through (value 1, gradient 1) | none."""
+  """ModelConfig.gate_scaling of a theme's output by its mean gate: multiply | straight_through (value 1, gradient
+  1) | none."""
   if mode == "multiply":
     return gate
   if mode == "straight_through":
