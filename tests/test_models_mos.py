@@ -1,7 +1,6 @@
 """MoS against a plain loop over users and experts (forward and gradient), and its invariances and switches."""
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -403,10 +402,7 @@ def test_gate_scaling_multiplies_the_theme_outputs_so_items_and_positions_stay_a
   g_none = nnx.graphdef(model)
   cot = jnp.asarray(np.random.default_rng(2).normal(size=(B, cfg.num_items)), jnp.float32)
 
-  # XLA's CPU optimisations off (as in test_torch_parity.py): the model's math is checked, compiled ~3x faster
-  fast = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
-
-  @functools.partial(jax.jit, compiler_options=fast if jax.default_backend() == "cpu" else None)
+  @jax.jit
   def run(p):
     scores = lambda gd, q: nnx.merge(gd, q, rest)(BATCH, deterministic=True).logits[:, 1:]  # noqa: E731
     mul, vjp = jax.vjp(lambda q: scores(g_mul, q), p)

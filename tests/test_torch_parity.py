@@ -30,12 +30,6 @@ from mos_jax.training.config import TrainConfig
 
 ATOL, RTOL = 1e-5, 1e-4
 B, S, T = 4, 5, 3
-# XLA's CPU backend optimisations off for the test's own jitted functions: the same HLO and the same float32 math,
-# compiled ~6x faster (a MoS value-and-grad: 2.5 s instead of 15 s on 2 busy cores). What is checked is the models'
-# math, not XLA's code generation, which every other test file exercises with the default options.
-# CPU only: on a GPU (benchmarks/gpu_suite.sh) the default options are used, and the CPU flag may not exist there.
-FAST_COMPILE = ({"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
-                if jax.default_backend() == "cpu" else {})
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +177,7 @@ def jax_results(model: nnx.Module, batch, cfg: ModelConfig) -> dict:
                    eval_logits=m(batch, deterministic=True).logits)
     return loss, dict(logits=out.logits, aux=out.aux_loss, metrics=dict(out.metrics), **extra)
 
-  (loss, aux), grads = jax.jit(jax.value_and_grad(f, has_aux=True), compiler_options=FAST_COMPILE)(params, batch)
+  (loss, aux), grads = jax.jit(jax.value_and_grad(f, has_aux=True))(params, batch)
   res = jax.tree.map(np.asarray, aux)
   res.update(loss=float(loss), grads=names.jax_to_torch(flat_params(grads)))
   return res
@@ -373,7 +367,7 @@ def test_adamw_steps_match_optax(torch, jax_models):
   assert flags["encoder.blocks.0.qkv.weight"] and not flags["embedder.item.weight"] and not flags["encoder.norm.weight"]
   tx = optimizer_lib.make_optimizer(tcfg, total)
   graphdef, state = step_lib.init_state(jm, tx)
-  step = jax.jit(step_lib.make_train_step(graphdef, tx, schedule, cfg.task), compiler_options=FAST_COMPILE)
+  step = jax.jit(step_lib.make_train_step(graphdef, tx, schedule, cfg.task))
   opt, sched = make_optimizer(tm, tcfg, total)
   batch = make_batch(5)
   norms = []
