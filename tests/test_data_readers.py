@@ -8,7 +8,7 @@ import pytest
 
 from mos_jax.data import DataConfig, DataError, load_prepared, prepare_dataset
 from mos_jax.data.events import build_events, kcore_mask
-from mos_jax.data.readers import read_generic, read_ml_latest, read_taobao
+from mos_jax.data.readers import read_foursquare, read_generic, read_ml_latest, read_taobao, read_taobao_sslrec
 
 GOOD = [f"{u},{100 + (u * 7 + k) % 9},{5 + k % 2},{'pv' if k % 3 else 'buy'},{1000 + 60 * k + u}"
         for u in (1, 2, 3) for k in range(6)]
@@ -152,3 +152,92 @@ def test_line_numbers_survive_dropping_the_truncated_user(tmp_path):
   _write(tmp_path, ["9,100,5,pv,10"] + GOOD[:4] + ["1,100,5,pv,x"] + ["9,101,5,pv"], newline=False)
   with pytest.raises(DataError, match="line 6: timestamp 'x' is not an integer"):
     read_taobao(tmp_path)
+
+
+# taobao-sslrec (events.csv, header, 0-based ids, CRLF like the shared file) and foursquare-nyc (checkins.csv).
+SSLREC = ["user,item,behavior,timestamp", "0,0,buy,1000", "0,7,cart,1000", "0,7,buy,1060", "1,3,fav,900",
+          "1,0,cart,950", "1,5,buy,5000", "2,3,buy,10", "2,5,buy,20", "2,0,buy,30"]
+FOURSQUARE = ["user,item,timestamp", "1,10,60", "1,11,120", "1,10,60", "1,12,120", "2,10,300", "2,10,300",
+              "2,10,300", "2,13,86400", "2,14,90000"]
+
+
+@pytest.mark.parametrize("bad_line, message", [
+    ("0,4,buy", r"line 3: missing field"),
+    ("", r"line 3: missing field"),
+    ("0,x,buy,1000", r"line 3: item 'x' is not an integer"),
+    ("0,4,buy,noon", r"line 3: timestamp 'noon' is not an integer"),
+    ("-1,4,buy,1000", r"line 3: user '-1' is negative"),
+    ("0,4,pv_click,1000", r"line 3: unknown behavior 'pv_click'"),
+    ("0,4,buy,1000,9", r"Expected 4 fields in line 3, saw 5"),
+])
+def test_taobao_sslrec_malformed_rows_name_file_and_line(tmp_path, bad_line, message):
+  path = _write(tmp_path, SSLREC[:2] + [bad_line] + SSLREC[2:], name="events.csv")
+  with pytest.raises(DataError, match=message) as e:
+    read_taobao_sslrec(tmp_path)
+  assert str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("bad_line, message", [
+    ("1,10", r"line 3: missing field"),
+    ("1,poi7,60", r"line 3: item 'poi7' is not an integer"),
+    ("1,10,2012-04-03", r"line 3: timestamp '2012-04-03' is not an integer"),
+    ("1,-10,60", r"line 3: item '-10' is negative"),
+    ("1,10,60,40.7", r"Expected 3 fields in line 3, saw 4"),
+])
+def test_foursquare_malformed_rows_name_file_and_line(tmp_path, bad_line, message):
+  path = _write(tmp_path, FOURSQUARE[:2] + [bad_line] + FOURSQUARE[2:], name="checkins.csv")
+  with pytest.raises(DataError, match=message) as e:
+    read_foursquare(tmp_path)
+  assert str(path) in str(e.value)
+
+
+def test_sslrec_and_foursquare_headers_and_missing_files(tmp_path):
+  with pytest.raises(DataError, match=r"none of events.csv found"):
+    read_taobao_sslrec(tmp_path)
+  with pytest.raises(DataError, match=r"none of checkins.csv found"):
+    read_foursquare(tmp_path)
+  _write(tmp_path, SSLREC[1:], name="events.csv")  # no header: the first row is taken for one and rejected
+  with pytest.raises(DataError, match=r"events.csv: line 1: expected header 'user,item,behavior,timestamp', "
+                                      r"got '0,0,buy,1000'"):
+    read_taobao_sslrec(tmp_path)
+  _write(tmp_path, ["user,item,timestamp"] + [r.rsplit(",", 2)[0] + ",1000" for r in SSLREC[1:]], name="events.csv")
+  with pytest.raises(DataError, match=r"events.csv: line 1: expected header 'user,item,behavior,timestamp'"):
+    read_taobao_sslrec(tmp_path)
+  _write(tmp_path, ["user,item,timestamp,lat"] + [r + ",40.7" for r in FOURSQUARE[1:]], name="checkins.csv")
+  with pytest.raises(DataError, match=r"checkins.csv: line 1: expected header 'user,item,timestamp', "
+                                      r"got 'user,item,timestamp,lat'"):
+    read_foursquare(tmp_path)
+  _write(tmp_path, [], name="checkins.csv", newline=False)
+  with pytest.raises(DataError, match=r"checkins.csv: file is empty"):
+    read_foursquare(tmp_path)
+
+
+def test_foursquare_drops_exact_duplicates_only(tmp_path):
+  path = _write(tmp_path, FOURSQUARE, name="checkins.csv")
+  df, counts = read_foursquare(path)  # the file itself works as --data-dir too
+  assert counts == {"skipped_duplicate_rows": 3}  # line 4 (= line 2) and lines 7, 8 (= line 6)
+  # First copies kept in file order; (user 1, minute 2) with two different POIs stays two check-ins.
+  assert list(zip(df["user"], df["item"], df["time"])) == [
+      ("1", "10", 60), ("1", "11", 120), ("1", "12", 120), ("2", "10", 300), ("2", "13", 86400), ("2", "14", 90000)]
+  assert (df["cat"] == "").all() and (df["behavior"] == "").all()
+  _write(tmp_path, FOURSQUARE[:1] + ["01,010,60", "1,10,60.0", "1,10,120"], name="checkins.csv")
+  df, counts = read_foursquare(tmp_path)  # ids and times compared after canonicalising ("01" = "1")
+  assert counts == {"skipped_duplicate_rows": 1} and df["item"].tolist() == ["10", "10"]
+
+
+def test_taobao_sslrec_zero_based_ids_and_unused_test_buy(tmp_path):
+  path = tmp_path / "events.csv"
+  path.write_bytes(("\r\n".join(SSLREC) + "\r\n").encode())  # CRLF, as the shared file
+  (tmp_path / "test_buy.csv").write_text("user,item\n0,not an item\n")  # never read (no timestamps)
+  df, counts = read_taobao_sslrec(tmp_path)
+  assert counts == {} and len(df) == len(SSLREC) - 1
+  assert df["time"].dtype == np.int64 and df["time"].tolist()[:3] == [1000, 1000, 1060]
+  assert df["behavior"].tolist()[:3] == ["buy", "cart", "buy"] and (df["cat"] == "").all()
+  # Id 0 is an ordinary original id: dense ids start at 1 (0 = padding) and map back to "0".
+  ds = load_prepared(prepare_dataset(_cfg(tmp_path, tmp_path, dataset="taobao_sslrec")))
+  assert ds.meta["num_users"] == 3 and ds.meta["num_items"] == 4 and ds.meta["num_cats"] == 0
+  test = ds.split("test", "next")
+  assert ds.original_ids("user", test["user"]).tolist() == ["0", "1", "2"]
+  assert ds.original_ids("item", test["target_item"]).tolist() == ["7", "5", "0"]
+  assert test["user"].min() >= 1 and test["target_item"].min() >= 1 and (test["cats"] == 0).all()
+  assert ds.stats["raw_behaviors"] == {"buy": 6, "cart": 2, "fav": 1}

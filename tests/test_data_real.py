@@ -122,3 +122,98 @@ def test_cli_prepares_and_reuses(shared_data, tmp_path, capsys):
       (shared_data / "ml-100k" / "SOURCE.md").read_text(), r"1-day gap gives ([\d,]+) sessions")
   assert prepare_cli(args + ["--neg-ratio", "4"]) == 2
   assert "already holds a different prepared dataset" in capsys.readouterr().err
+
+
+# taobao-sslrec and foursquare-nyc: the readers on a slice (the first users of each file, written to tmp_path as the
+# same bytes), checked against an independent parse of that slice.
+
+
+def _slice(shared_data, folder, name, tmp_path, keep_users):
+  """The file's header and its rows of the first ``keep_users`` users (files are sorted by user), bytes unchanged."""
+  src = shared_data / folder / name
+  if not src.is_file():
+    pytest.skip(f"{src} is absent")
+  lines, users = [], []
+  with open(src, "rb") as f:
+    lines.append(f.readline())
+    for line in f:
+      user = line.split(b",", 1)[0]
+      if not users or users[-1] != user:
+        if len(users) == keep_users:
+          break
+        users.append(user)
+      lines.append(line)
+  (tmp_path / name).write_bytes(b"".join(lines))
+  rows = [ln.decode().rstrip("\r\n").split(",") for ln in lines[1:]]
+  return tmp_path, rows
+
+
+def test_taobao_sslrec_reader_on_a_slice(shared_data, tmp_path):
+  from mos_jax.data.readers import read_taobao_sslrec  # noqa: PLC0415
+  folder, rows = _slice(shared_data, "taobao-sslrec", "events.csv", tmp_path, keep_users=200)
+  df, counts = read_taobao_sslrec(folder)
+  assert list(df.columns) == ["user", "item", "time", "cat", "behavior"] and counts == {}
+  assert df["time"].dtype == np.int64 and len(df) == len(rows)
+  assert [list(r) for r in zip(df["user"], df["item"], df["behavior"], df["time"].astype(str))] == rows
+  assert (df["cat"] == "").all() and set(df["behavior"]) == {"fav", "cart", "buy"}
+  assert df["user"].iloc[0] == "0" and "0" in set(df["item"])  # 0-based ids, kept as ordinary ids
+  cfg = DataConfig(dataset="taobao_sslrec", data_dir=str(folder), cache_dir=str(tmp_path / "cache"),
+                   num_sessions=12, session_len=4, session_gap="30m", min_user_events=3)
+  ds = load_prepared(prepare_dataset(cfg))
+  st = ds.stats
+  assert st["users"] == st["raw_users"] == 200 and st["events"] == len(rows) and st["rows_out_of_order"] == 0
+  assert st["items"] == len({r[1] for r in rows}) and ds.meta["num_cats"] == 0
+  for b in ("fav", "cart", "buy"):
+    assert st["raw_behaviors"][b] == sum(r[2] == b for r in rows)
+  # Dense ids start at 1 (0 = padding); each user's test target is its last row (ties keep file order).
+  last = {r[0]: r[1] for r in rows}
+  test = ds.split("test", "ctr")
+  pos = test["label"] == 1
+  assert test["user"].min() >= 1 and test["target_item"].min() >= 1 and (test["cats"] == 0).all()
+  assert dict(zip(ds.original_ids("user", test["user"][pos]), ds.original_ids("item", test["target_item"][pos]))) \
+      == last
+
+
+def _sessions(rows, gap):
+  """Independent count of gap sessions over (user, time)-sorted rows."""
+  n, prev = 0, None
+  for u, _, t in sorted(rows, key=lambda r: (int(r[0]), int(r[2]))):
+    if prev is None or prev[0] != u or int(t) - prev[1] > gap:
+      n += 1
+    prev = (u, int(t))
+  return n
+
+
+def test_foursquare_reader_on_a_slice(shared_data, tmp_path):
+  from mos_jax.data.readers import read_foursquare  # noqa: PLC0415
+  folder, rows = _slice(shared_data, "foursquare-nyc", "checkins.csv", tmp_path, keep_users=10)
+  unique = list(dict.fromkeys(map(tuple, rows)))  # first copies, in file order
+  assert len(unique) < len(rows)  # the slice holds exact duplicates (3 of 881 rows)
+  df, counts = read_foursquare(folder)
+  assert list(df.columns) == ["user", "item", "time", "cat", "behavior"] and df["time"].dtype == np.int64
+  assert counts == {"skipped_duplicate_rows": len(rows) - len(unique)}
+  assert list(zip(df["user"], df["item"], df["time"].astype(str))) == unique
+  assert (df["cat"] == "").all() and (df["behavior"] == "").all() and (df["time"] % 60 == 0).all()
+  cfg = DataConfig(dataset="foursquare", data_dir=str(folder), cache_dir=str(tmp_path / "cache"),
+                   num_sessions=32, session_len=4, session_gap="6h")
+  ds = load_prepared(prepare_dataset(cfg))
+  st = ds.stats
+  assert st["skipped_duplicate_rows"] == len(rows) - len(unique) and st["events"] == st["raw_rows"] == len(unique)
+  assert st["users"] == 10 and st["items"] == len({r[1] for r in unique}) and st["rows_out_of_order"] == 0
+  assert st["sessions"] == _sessions(unique, 6 * 3600)
+  a = ds.split("valid", "ctr")
+  assert a["items"].shape == (20, 32, 4) and (a["cats"] == 0).all()
+
+
+def test_foursquare_duplicates_match_source(shared_data):
+  """The whole file (≈ 1 s to read on a busy core): the duplicates skipped are the ones SOURCE.md counts."""
+  from mos_jax.data.readers import read_foursquare  # noqa: PLC0415
+  folder = shared_data / "foursquare-nyc"
+  if not (folder / "checkins.csv").is_file():
+    pytest.skip(f"{folder} is absent")
+  src = (folder / "SOURCE.md").read_text()
+  df, counts = read_foursquare(folder)
+  assert counts["skipped_duplicate_rows"] == _n(src, r"([\d,]+) rows are exact duplicates")
+  assert len(df) + counts["skipped_duplicate_rows"] == _n(src, r"([\d,]+) check-ins from")
+  assert df["user"].nunique() == _n(src, r"check-ins from ([\d,]+) users")
+  assert df["item"].nunique() == _n(src, r"users at ([\d,]+) POIs")

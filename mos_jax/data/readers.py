@@ -37,10 +37,14 @@ def _read_delimited(path: pathlib.Path, sep: str, names: list[str] | None, *, en
     raise DataError(f"{path}: file is empty") from None
 
 
-def _check_header(path: pathlib.Path, df: pd.DataFrame, expected: list[str]) -> None:
-  got = [str(c) for c in df.columns][:len(expected)]
-  if got != expected:
-    raise DataError(f"{path}: line 1: expected header {','.join(expected)!r}, got {','.join(got)!r}")
+def _check_header(path: pathlib.Path, df: pd.DataFrame, expected: list[str], exact: bool = False) -> None:
+  """The header starts with ``expected`` (is exactly it with ``exact``); the error quotes the file's first line as
+  written (pandas renames repeated names, e.g. when a data row was taken for a header)."""
+  got = [str(c) for c in df.columns]
+  if (got if exact else got[:len(expected)]) != expected:
+    with open(path, encoding="utf-8", errors="replace") as f:
+      first = f.readline().rstrip("\r\n")
+    raise DataError(f"{path}: line 1: expected header {','.join(expected)!r}, got {first!r}")
 
 
 def _require_fields(path: pathlib.Path, df: pd.DataFrame, fields: list[str], first_line: int, form: str,
@@ -223,6 +227,66 @@ def read_amazon_rechorus(data_dir: pathlib.Path) -> tuple[pd.DataFrame, dict]:
   return _table(user, item, t, cat), {}
 
 
+def _nonneg_ids(path: pathlib.Path, col: pd.Series, field: str, first_line: int, form: str) -> np.ndarray:
+  """Like ``_ids``, for sources whose ids are row indices (0- or 1-based): a negative id is an error."""
+  v = _to_int(path, col, field, first_line, form)
+  neg = v < 0
+  if neg.any():
+    i = int(np.argmax(neg))
+    raise DataError(f"{path}: line {col.index[i] + first_line}: {field} {col.iloc[i]!r} is negative; expected {form}")
+  return v.astype(str)
+
+
+def read_taobao_sslrec(data_dir: pathlib.Path) -> tuple[pd.DataFrame, dict]:
+  """SSLRec's "tmall" multi-behaviour log (a filtered Taobao UserBehavior subset): ``events.csv``,
+  ``user,item,behavior,timestamp`` with a header.
+
+  Ids are SSLRec's 0-based matrix indices, kept as strings like every reader's ids (``"0"`` is an ordinary id; dense
+  ids are assigned from 1 later, 0 stays padding). Behaviours are ``fav``/``cart``/``buy`` (``pv`` is accepted too,
+  should a rebuilt file hold page views); all are events. No categories (``cat`` = ``""``, dense category 0).
+  ``test_buy.csv`` (SSLRec's held-out last buy per test user) is **not read**: it has no timestamps, so it cannot be
+  placed in the sequence, and the library makes its own temporal splits from ``events.csv``.
+  """
+  path = _find_file(data_dir, ("events.csv",))
+  form = "user,item,behavior(fav|cart|buy|pv),timestamp with 0-based integer ids and unix seconds"
+  names = ["user", "item", "behavior", "timestamp"]
+  df = _read_delimited(path, ",", None)
+  _check_header(path, df, names, exact=True)
+  _require_fields(path, df, names, 2, form)
+  beh = df["behavior"].to_numpy(dtype=str)
+  bad = ~np.isin(beh, TAOBAO_BEHAVIORS)
+  if bad.any():
+    i = int(np.argmax(bad))
+    raise DataError(f"{path}: line {df.index[i] + 2}: unknown behavior {str(beh[i])!r}; "
+                    f"expected one of {TAOBAO_BEHAVIORS}")
+  t = _to_int(path, df["timestamp"], "timestamp", 2, form)
+  return _table(_nonneg_ids(path, df["user"], "user", 2, form), _nonneg_ids(path, df["item"], "item", 2, form), t,
+                behavior=beh), {}
+
+
+def read_foursquare(data_dir: pathlib.Path) -> tuple[pd.DataFrame, dict]:
+  """Foursquare NYC check-ins as preprocessed by STAN: ``checkins.csv``, ``user,item,timestamp`` with a header.
+
+  ``item`` is the POI id (1-based; ``pois.csv`` with its lat/lon is not read). ``timestamp`` is seconds on a
+  **relative** clock (source minutes x 60, origin unknown): fine for time-gap sessions and the ``times`` feature,
+  which use differences only, but not a calendar date. Exact duplicate rows (same user, POI and timestamp; 458 in
+  the shared file) are one check-in recorded twice: the later copies are dropped and counted as
+  ``skipped_duplicate_rows``. Rows that share (user, timestamp) with a different POI are kept. No categories.
+  """
+  path = _find_file(data_dir, ("checkins.csv",))
+  form = "user,item,timestamp with integer user and POI ids and integer seconds"
+  names = ["user", "item", "timestamp"]
+  df = _read_delimited(path, ",", None)
+  _check_header(path, df, names, exact=True)
+  _require_fields(path, df, names, 2, form)
+  user = _nonneg_ids(path, df["user"], "user", 2, form)
+  item = _nonneg_ids(path, df["item"], "item", 2, form)
+  t = _to_int(path, df["timestamp"], "timestamp", 2, form)
+  dup = pd.DataFrame({"u": user, "i": item, "t": t}).duplicated().to_numpy()  # keeps the first copy
+  keep = ~dup
+  return _table(user[keep], item[keep], t[keep]), {"skipped_duplicate_rows": int(dup.sum())}
+
+
 def parse_columns(spec: str) -> dict[str, str]:
   """``"user=uid,item=iid,time=ts,category=cat,behavior=type"`` -> {role: column}."""
   out = {}
@@ -283,6 +347,8 @@ READERS = {
     "ml-latest-small": read_ml_latest,
     "ml-latest": read_ml_latest,
     "amazon-rechorus": read_amazon_rechorus,
+    "taobao_sslrec": read_taobao_sslrec,
+    "foursquare": read_foursquare,
 }
 
 
