@@ -199,3 +199,15 @@ def test_train_script_exits_2_with_one_line(tmp_path):
   assert proc.stderr.strip().splitlines() == [
       "error: --config.model.backbone=bst: config.model.backbone='bst': expected one of ('din', 'gru4rec', "
       "'mamba4rec', 'sasrec', 'sdim', 'transact', 'twin')"]
+
+
+def test_evaluation_split_options_are_checked_before_any_work():
+  with pytest.raises(ConfigError, match=r"^--config.data.eval_targets_per_user=0: config.data.eval_targets_per_user=0: "
+                                        r"expected an integer >= 1$"):
+    parse_command_line(["--config.data.eval_targets_per_user=0"])
+  assert parse_command_line(["--config.data.eval_targets_per_user=10"]).data.eval_targets_per_user == 10
+  with pytest.raises(ConfigError, match=r"data.eval_targets_per_user=5: expected 1 with split_mode='time_cutoff'"):
+    parse_command_line(["--config.data.split_mode=time_cutoff", "--config.data.eval_targets_per_user=5"])
+  cfg = parse_command_line(["--config.data.split_mode=time_cutoff", "--config.data.eval_fraction=0.05"])
+  assert (cfg.data.split_mode, cfg.data.eval_fraction) == ("time_cutoff", 0.05)
+  assert Config().data.eval_targets_per_user == 1 and Config().data.split_mode == "per_user"  # today's protocol

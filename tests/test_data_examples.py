@@ -27,6 +27,48 @@ def test_split_targets_exact():
   np.testing.assert_array_equal(split_targets(user, np.ones(6, bool), start, max_train=0)["train"], [1, 2, 3])
 
 
+def test_split_targets_k_per_user_exact():
+  # one user, events 0..9: event 0 has no history, event 4 is no candidate -> targets 1 2 3 5 6 7 8 9
+  user = np.ones(10, int)
+  cand = np.ones(10, bool)
+  cand[4] = False
+  start = np.array([0, 10])
+  out = split_targets(user, cand, start, max_train=0, eval_per_user=3)
+  np.testing.assert_array_equal(out["test"], [7, 8, 9])
+  np.testing.assert_array_equal(out["valid"], [3, 5, 6])  # the last k *targets* before the test ones: 4 is skipped
+  np.testing.assert_array_equal(out["train"], [1, 2])
+  np.testing.assert_array_equal(split_targets(user, cand, start, max_train=1, eval_per_user=3)["train"], [2])
+  # k = 1 is leave-one-out (the default); every target in exactly one split, in time order per split
+  one = split_targets(user, cand, start, max_train=0)
+  assert one["test"].tolist() == [9] and one["valid"].tolist() == [8] and one["train"].tolist() == [1, 2, 3, 5, 6, 7]
+  # short users fill test first, then valid: 2 targets with k=3 -> both test; 4 targets -> 3 test, 1 valid
+  user = np.array([1, 1, 1, 2, 2, 2, 2, 2])
+  start = np.array([0, 3, 8])
+  out = split_targets(user, np.ones(8, bool), start, max_train=0, eval_per_user=3)
+  assert out["test"].tolist() == [1, 2, 5, 6, 7] and out["valid"].tolist() == [4] and out["train"].tolist() == []
+  with pytest.raises(ValueError, match="eval_per_user: expected an integer >= 1"):
+    split_targets(user, np.ones(8, bool), start, max_train=0, eval_per_user=0)
+
+
+def test_split_targets_by_time_exact():
+  # user 1 at times 0 10 20 30 40, user 2 at 5 15 25 35 45; first events have no history -> 8 targets 10..45
+  user = np.repeat([1, 2], 5)
+  time = np.array([0, 10, 20, 30, 40, 5, 15, 25, 35, 45])
+  start = np.array([0, 5, 10])
+  out, cut = examples.split_targets_by_time(user, time, np.ones(10, bool), start, max_train=0, fraction=0.25)
+  assert cut == (30, 40)  # the last 2 targets are test, the 2 before valid
+  assert out["test"].tolist() == [4, 9] and out["valid"].tolist() == [3, 8] and out["train"].tolist() == [1, 2, 6, 7]
+  out, _ = examples.split_targets_by_time(user, time, np.ones(10, bool), start, max_train=1, fraction=0.25)
+  assert out["train"].tolist() == [2, 7]  # per user the most recent train target
+  time[8] = 40  # a tie at the test cutoff: both sides of the tie go to test
+  out, cut = examples.split_targets_by_time(user, time, np.ones(10, bool), start, max_train=0, fraction=0.25)
+  assert cut == (30, 40) and out["test"].tolist() == [4, 8, 9] and out["valid"].tolist() == [3]
+  # train popularity: events before each user's first evaluation target and before the valid cutoff
+  counts = examples.train_item_counts(user, np.arange(1, 11), start, np.array([3, 4, 8, 9]), 10, time=time,
+                                      end_time=30)
+  assert np.flatnonzero(counts).tolist() == [1, 2, 3, 6, 7, 8]
+
+
 def _sampler(kind, num_items=40, k=3, counts=None, **kw):
   group = np.concatenate([[0], np.repeat([1, 2, 3, 4], 10)]).astype(np.int32)
   group[40] = 0  # an item without group: its in_category negatives fall back to uniform
@@ -272,6 +314,65 @@ def test_train_negatives_redrawn_per_epoch_and_restore_exactly(tmp_path):
           seen[e].setdefault((int(u), int(h)), set()).add(int(it))
   common = seen[0].keys() & seen[1].keys()
   assert len(common) > 50 and np.mean([seen[0][r] != seen[1][r] for r in common]) > 0.5
+
+
+def test_eval_targets_per_user_end_to_end(tmp_path):
+  # one user, events 0..6 (items 1..7); gap 10 min: sessions [0, 60] [5000, 5060, 5120] [20000, 20060]
+  times = [0, 60, 5000, 5060, 5120, 20000, 20060]
+  (tmp_path / "log.csv").write_text("u,i,t\n" + "".join(f"a,{n + 1},{t}\n" for n, t in enumerate(times)))
+  cfg = DataConfig(dataset="csv", data_dir=str(tmp_path / "log.csv"), columns="user=u,item=i,time=t",
+                   cache_dir=str(tmp_path / "cache"), num_sessions=4, session_len=4, session_gap="10m",
+                   min_user_events=1, neg_ratio=1, eval_targets_per_user=2)
+  path = prepare_dataset(cfg)
+  one = prepare_dataset(dataclasses.replace(cfg, eval_targets_per_user=1))
+  assert path != one  # part of the fingerprint (k = 1 hashes as before the field existed)
+  ds = load_prepared(path)
+  assert ds.meta["config"]["eval_targets_per_user"] == 2
+  assert ds.meta["num_examples"] == {"train": {"ctr": 4, "next": 2}, "valid": {"ctr": 4, "next": 2},
+                                     "test": {"ctr": 4, "next": 2}}
+  for split, items, hist_len in (("train", [2, 3], [1, 2]), ("valid", [4, 5], [3, 4]), ("test", [6, 7], [5, 6])):
+    a = ds.split(split, "next")
+    assert ds.original_ids("item", a["target_item"]).astype(int).tolist() == items
+    assert a["hist_len"].tolist() == hist_len  # each target has its own history prefix
+    for n, h in enumerate(a["items"]):  # only strictly earlier events
+      assert sorted(ds.original_ids("item", h[h > 0]).astype(int).tolist()) == list(range(1, items[n]))
+  # the valid and test targets (and everything after the first of them) are not counted as train popularity
+  assert ds.events["item_counts"][ds.events["item"][3:]].sum() == 0
+  # target options act first, k counts the targets they leave: session starts are events 2 and 5 (plus 0: no history)
+  starts = load_prepared(prepare_dataset(dataclasses.replace(cfg, target_position="session_start")))
+  assert starts.split("test", "next")["hist_len"].tolist() == [2, 5]
+  assert len(starts.split("valid", "next")["label"]) == 0 == len(starts.split("valid", "ctr")["label"])  # empty split
+  with pytest.raises(ValueError, match=r"^DataConfig.eval_targets_per_user=0: expected an integer >= 1$"):
+    prepare_dataset(dataclasses.replace(cfg, eval_targets_per_user=0))
+
+
+def test_time_cutoff_split_end_to_end(tmp_path):
+  rng = np.random.default_rng(0)
+  lines = ["u,i,t"] + [f"u{u},{rng.integers(1, 30)},{t}" for u in range(8)
+                       for t in np.sort(rng.choice(100_000, size=int(rng.integers(3, 12)), replace=False))]
+  (tmp_path / "log.csv").write_text("\n".join(lines) + "\n")
+  cfg = DataConfig(dataset="csv", data_dir=str(tmp_path / "log.csv"), columns="user=u,item=i,time=t",
+                   cache_dir=str(tmp_path / "cache"), num_sessions=3, session_len=4, min_user_events=1,
+                   split_mode="time_cutoff", eval_fraction=0.2, max_train_targets_per_user=0)
+  ds = load_prepared(prepare_dataset(cfg))
+  valid_start, test_start = ds.stats["split_cutoffs"]["valid"], ds.stats["split_cutoffs"]["test"]
+  t = {s: ds.events["time"][ds.targets[f"{s}_target"]] for s in ("train", "valid", "test")}
+  assert (t["train"] < valid_start).all() and (t["valid"] >= valid_start).all() and (t["valid"] < test_start).all()
+  assert (t["test"] >= test_start).all() and len(t["test"]) >= 0.2 * sum(len(v) for v in t.values())
+  assert len(np.unique(ds.events["user"][ds.targets["test_target"]])) > 1  # a global cutoff spans users
+  ev = ds.events  # no event at or after the valid cutoff is counted as train popularity
+  np.testing.assert_array_equal(ev["item_counts"],
+                                np.bincount(ev["item"][ev["time"] < valid_start], minlength=len(ev["item_counts"])))
+  per_user = prepare_dataset(dataclasses.replace(cfg, split_mode="per_user"))
+  assert per_user != ds.path
+  # eval_fraction does not shape a per_user folder; eval_targets_per_user is per_user only
+  assert prepare_dataset(dataclasses.replace(cfg, split_mode="per_user", eval_fraction=0.3)) == per_user
+  with pytest.raises(ValueError, match=r"^DataConfig.eval_targets_per_user=2: expected 1 with split_mode='time_"):
+    prepare_dataset(dataclasses.replace(cfg, eval_targets_per_user=2))
+  with pytest.raises(ValueError, match=r"^DataConfig.eval_fraction=0.5: expected a fraction in \(0, 0.5\)"):
+    prepare_dataset(dataclasses.replace(cfg, eval_fraction=0.5))
+  with pytest.raises(ValueError, match=r"^DataConfig.split_mode='global': expected one of \('per_user', 'time_cutoff'"):
+    prepare_dataset(dataclasses.replace(cfg, split_mode="global"))
 
 
 def test_bad_negative_options_are_named(tmp_path):

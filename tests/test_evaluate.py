@@ -214,6 +214,32 @@ def test_row_metrics_without_logloss_and_bad_options():
     predict_rows(_next_predict, [], task="next", ties="average")
 
 
+def test_ctr_intervals_keys_values_and_eval_table():
+  import json  # noqa: PLC0415
+
+  from mos_jax.cli import eval as eval_cli  # noqa: PLC0415
+  from mos_jax.evaluation.evaluate import ctr_intervals  # noqa: PLC0415
+
+  rng = np.random.default_rng(0)
+  u = np.repeat(np.arange(50), 4).astype(np.int32)
+  y = np.tile([1.0, 0, 1, 0], 50)
+  s = rng.normal(size=200) + y
+  out = ctr_intervals(s, label=y, user=u, num_samples=300, seed=2)
+  assert list(out) == ["auc_se", "auc_ci95", "auc_se_users", "auc_ci95_users", "gauc_se", "gauc_ci95",
+                       "bootstrap_samples"]
+  assert (out["auc_se"], *out["auc_ci95"]) == metrics.bootstrap_auc(y, s, num_samples=300, seed=2)
+  assert (out["auc_se_users"], *out["auc_ci95_users"]) == metrics.bootstrap_auc(y, s, groups=u, num_samples=300,
+                                                                                seed=2)
+  assert (out["gauc_se"], *out["gauc_ci95"]) == metrics.bootstrap_gauc(y, s, u, num_samples=300, seed=2)
+  assert out["bootstrap_samples"] == 300 and json.loads(json.dumps(out)) == out  # JSON as written by eval.py
+  a = metrics.auc(y, s)
+  assert 0 < out["auc_se"] < 0.1 and out["auc_ci95"][0] < a < out["auc_ci95"][1]
+  table = eval_cli.format_table({"auc": a, **out}, "title")
+  row = next(line for line in table.splitlines() if line.startswith("auc_ci95 "))
+  assert row.endswith(f"| [{out['auc_ci95'][0]:.4f}, {out['auc_ci95'][1]:.4f}]")
+  assert eval_cli.main(["--workdir=/nonexistent", "--bootstrap=1"]) == 2  # checked before anything is loaded
+
+
 # --- bad inputs ------------------------------------------------------------------------------------------------
 
 

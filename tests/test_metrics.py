@@ -159,6 +159,96 @@ def test_ranking_metrics_match_recbole_style_topk_loop():
     assert out[f"ndcg@{k}"] == pytest.approx(np.mean(dcg), abs=1e-12)
 
 
+# --- bootstrap intervals ---------------------------------------------------------------------------------------
+
+
+def _hanley_mcneil_se(a, n_pos, n_neg):
+  q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+  return math.sqrt((a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (n_pos * n_neg))
+
+
+def test_bootstrap_auc_perfect_and_constant_rankings_have_no_spread():
+  y = np.array([0, 0, 0, 1, 1, 1, 0, 1])
+  users = np.array([1, 1, 2, 2, 3, 3, 4, 4])
+  for groups in (None, users):
+    assert metrics.bootstrap_auc(y, 2.0 * y - 1, groups=groups, num_samples=200) == (0.0, 1.0, 1.0)
+    assert metrics.bootstrap_auc(y, np.zeros(8), groups=groups, num_samples=200) == (0.0, 0.5, 0.5)
+  assert metrics.bootstrap_gauc(y, 2.0 * y, users, num_samples=200) == (0.0, 1.0, 1.0)
+  for out in (metrics.bootstrap_auc(np.ones(4), [0.1, 0.2, 0.3, 0.4]),  # undefined AUC / GAUC: NaNs
+              metrics.bootstrap_gauc([0, 1, 0, 1], [0.1, 0.2, 0.3, 0.4], [1, 2, 1, 2])):
+    assert all(math.isnan(x) for x in out)
+
+
+def test_bootstrap_auc_replicates_take_exactly_the_resampled_values():
+  # rows: negative at score 1, positives at 1 (tied) and 2. A resample with counts (c0, c1, c2), c0 >= 1 and
+  # c1 + c2 >= 1, has AUC (c1 / 2 + c2) / (c1 + c2): 0.5, 0.75 (counts 1, 1, 1: probability 6/27) or 1; it is NaN
+  # when c0 is 0 or 3 (probability 9/27).
+  reps = metrics.auc_replicates([0, 1, 1], [1.0, 1.0, 2.0], num_samples=6000, seed=0)
+  finite = reps[np.isfinite(reps)]
+  assert set(np.unique(finite).tolist()) == {0.5, 0.75, 1.0}
+  assert abs(np.mean(np.isnan(reps)) - 9 / 27) < 0.02 and abs(np.mean(reps == 0.75) - 6 / 27) < 0.02
+  # groups: two users, so a resample is user A twice, B twice, or both once; both once gives the plain AUC.
+  y = np.array([0, 1, 1, 0, 0, 1, 0, 1])
+  s = np.array([3, 1, 4, 1, 5, 9, 2, 6], float)
+  g = np.array([7, 7, 7, 7, 9, 9, 9, 9])
+  reps = metrics.auc_replicates(y, s, groups=g, num_samples=4000, seed=1)
+  want = [metrics.auc(y[g == 7], s[g == 7]), metrics.auc(y, s), metrics.auc(y[g == 9], s[g == 9])]
+  assert np.isclose(reps[:, None], want, atol=1e-12).any(1).all()
+  share = [np.isclose(reps, w, atol=1e-12).mean() for w in want]
+  np.testing.assert_allclose(share, [0.25, 0.5, 0.25], atol=0.03)
+
+
+def test_bootstrap_auc_is_seeded_and_matches_hanley_mcneil():
+  rng = np.random.default_rng(0)
+  y = (rng.random(4000) < 0.4).astype(int)
+  s = rng.normal(size=4000) + 1.2 * y
+  se, lo, hi = metrics.bootstrap_auc(y, s, num_samples=800, seed=3)
+  assert (se, lo, hi) == metrics.bootstrap_auc(y, s, num_samples=800, seed=3)
+  assert metrics.bootstrap_auc(y, s, num_samples=800, seed=4) != (se, lo, hi)
+  a = metrics.auc(y, s)
+  want = _hanley_mcneil_se(a, int(y.sum()), int((1 - y).sum()))
+  assert abs(se / want - 1) < 0.15, (se, want)
+  assert lo < a < hi and abs((hi - lo) / (2 * 1.96 * se) - 1) < 0.15  # near-normal here
+  # one row per group: the cluster bootstrap is the row bootstrap (another stream, the same distribution)
+  se_g, _, _ = metrics.bootstrap_auc(y, s, groups=np.arange(4000) * 3, num_samples=800, seed=3)
+  assert abs(se_g / want - 1) < 0.15
+  # groups of 10 rows whose separation varies by group (correlated rows): the cluster bootstrap sees the wider
+  # spread (measured ratio 1.96)
+  g = np.repeat(np.arange(400), 10)
+  s_corr = s + 2.0 * y * rng.normal(size=400)[g]
+  se_rows, _, _ = metrics.bootstrap_auc(y, s_corr, num_samples=400, seed=0)
+  se_users, _, _ = metrics.bootstrap_auc(y, s_corr, groups=g, num_samples=400, seed=0)
+  assert se_users > 1.4 * se_rows
+
+
+def test_bootstrap_gauc_resamples_users():
+  # users 1 (AUC 1) and 2 (AUC 0), 4 rows each; user 3 has one class (skipped, but still drawn): a resample's GAUC is
+  # the share of user-1 draws among the user-1 and user-2 draws
+  y = np.array([0, 1, 0, 1, 0, 1, 0, 1, 1, 1])
+  s = np.array([0, 1, 0, 1, 1, 0, 1, 0, 5, 6], float)
+  u = np.array([1, 1, 1, 1, 2, 2, 2, 2, 3, 3])
+  assert metrics.gauc(y, s, u) == 0.5
+  reps = metrics.gauc_replicates(y, s, u, num_samples=3000, seed=0)
+  finite = reps[np.isfinite(reps)]
+  assert np.isclose(finite[:, None], [0.0, 1 / 3, 0.5, 2 / 3, 1.0], atol=1e-12).any(1).all()
+  assert abs(np.mean(np.isnan(reps)) - 1 / 27) < 0.015  # only user 3 drawn three times
+  se, lo, hi = metrics.bootstrap_gauc(y, s, u, num_samples=3000, seed=0)
+  assert se == pytest.approx(np.std(finite, ddof=1)) and (lo, hi) == (0.0, 1.0)
+  assert metrics.bootstrap_gauc(y, s, u, num_samples=3000, seed=0) == (se, lo, hi)
+
+
+def test_bootstrap_bad_inputs():
+  y, s = [0, 1, 0, 1], [0.1, 0.2, 0.3, 0.4]
+  with pytest.raises(ValueError, match="num_samples: expected an integer >= 2"):
+    metrics.bootstrap_auc(y, s, num_samples=1)
+  with pytest.raises(ValueError, match=r"level: expected a coverage in \(0, 1\)"):
+    metrics.bootstrap_auc(y, s, level=95)
+  with pytest.raises(ValueError, match="labels and groups differ in length"):
+    metrics.bootstrap_auc(y, s, groups=[1, 2])
+  with pytest.raises(ValueError, match="users: expected integer"):
+    metrics.bootstrap_gauc(y, s, [0.5, 1.0, 1.0, 2.0])
+
+
 # --- bad inputs ------------------------------------------------------------------------------------------------
 
 

@@ -4,7 +4,9 @@
 
 Restores the best checkpoint (by validation metric; the latest one if no validation ran) together with the config it
 was trained with, evaluates the split, prints tables and writes ``WORKDIR/eval_<split>.json`` (atomically).
-CTR: logloss, AUC, GAUC. Next-item: HR@K, NDCG@K (K = 5, 10, 20, 50) and MRR over the full item set.
+CTR: logloss, AUC, GAUC, and on all rows the bootstrap standard errors and 95% intervals of AUC (rows, and users,
+resampled) and GAUC (users resampled; ``--bootstrap=N`` resamples, 0 = none). Next-item: HR@K, NDCG@K
+(K = 5, 10, 20, 50) and MRR over the full item set.
 Metrics are reported on all rows and per slice (session start / within session, history length, categories;
 docs/metrics.md). ``--rules`` adds the trivial rules of ``mos_jax.evaluation.rules`` scored on the same rows.
 
@@ -29,6 +31,10 @@ def _parser() -> argparse.ArgumentParser:
                  help="next-item: rank over blocks of this many items (0 = all at once; -1 = the run's "
                       "train.eval_item_block)")
   p.add_argument("--rules", action="store_true", help="also score the trivial rules on the same rows, per slice")
+  p.add_argument("--bootstrap", type=int, default=1000,
+                 help="CTR: bootstrap resamples for the standard errors and 95%% intervals of AUC and GAUC on all "
+                      "rows (0 = none; docs/metrics.md)")
+  p.add_argument("--bootstrap_seed", type=int, default=0, help="seed of the bootstrap resamples")
   return p
 
 
@@ -37,8 +43,16 @@ SLICE_COLUMNS = {"ctr": ("auc", "gauc"), "next": ("ndcg@10", "hr@10", "mrr")}
 RULE_SLICES = {"all": "all", "session_start": "start", "within_session": "within"}  # slice -> column label
 
 
+def _cell(v) -> str:
+  if isinstance(v, float):
+    return f"{v:.4f}"
+  if isinstance(v, (list, tuple)):  # an interval
+    return "[" + ", ".join(_cell(x) for x in v) + "]"
+  return str(v)
+
+
 def format_table(metrics: dict, title: str) -> str:
-  rows = [(k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in metrics.items()]
+  rows = [(k, _cell(v)) for k, v in metrics.items()]
   width = max(len(k) for k, _ in rows)
   vwidth = max(len(v) for _, v in rows)
   line = "-" * (width + vwidth + 3)
@@ -100,12 +114,16 @@ def rule_slices(dataset, split: str, task: str, arrays: dict, masks: dict) -> di
 
 def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+  if args.bootstrap < 0 or args.bootstrap == 1:
+    print(f"error: --bootstrap={args.bootstrap}: expected 0 (none) or an integer >= 2", file=sys.stderr)
+    return 2
   from mos_jax.runtime import start_jax  # noqa: PLC0415
 
   jax = start_jax()
   from mos_jax import config as config_lib  # noqa: PLC0415
   from mos_jax.data import DataError  # noqa: PLC0415
   from mos_jax.training import checkpoint as ckpt_lib  # noqa: PLC0415
+  from mos_jax.evaluation.evaluate import ctr_intervals  # noqa: PLC0415
   from mos_jax.evaluation.slices import slice_masks, slice_metrics  # noqa: PLC0415
   from mos_jax.training.loop import predict_split, write_json_atomic  # noqa: PLC0415
   from mos_jax.training.restore import restore_run  # noqa: PLC0415
@@ -120,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     outputs = predict_split(executor, arrays, cfg)
     masks = slice_masks(arrays)
     slices = slice_metrics(arrays, outputs, task=cfg.data.task, masks=masks)
+    if cfg.data.task == "ctr" and args.bootstrap > 0:  # slices["all"] is the report's "metrics"
+      slices["all"].update(ctr_intervals(outputs, label=arrays["label"], user=arrays["user"],
+                                         num_samples=args.bootstrap, seed=args.bootstrap_seed))
     rules = rule_slices(run.dataset, args.split, cfg.data.task, arrays, masks) if args.rules else None
   except (ckpt_lib.CheckpointError, config_lib.ConfigError, DataError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -26,12 +26,19 @@ from mos_jax.data.readers import DataError
 # with several seeds share one prepared folder.
 # data.format only adds an ArrayRecord copy of the same examples (records.py), written into the same folder.
 _NOT_IN_FINGERPRINT = ("cache_dir", "task", "seed", "format")
+# Options added after prepared folders existed are hashed only when they differ from their default, which reproduces
+# what was prepared before they existed: those folders keep their fingerprint (still valid caches), any other value
+# gets its own.
+_HASHED_UNLESS_DEFAULT = {"eval_targets_per_user": 1, "split_mode": "per_user"}
 
 
 def fingerprint(cfg: DataConfig) -> str:
   """Hash of the options that shape the prepared arrays and of the input files' names, sizes and mtimes."""
-  opts = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
+  opts = {k: v for k, v in dataclasses.asdict(cfg).items()
+          if k not in _NOT_IN_FINGERPRINT and not (k in _HASHED_UNLESS_DEFAULT and v == _HASHED_UNLESS_DEFAULT[k])}
   opts["negatives"], opts["hard_neg_frac"] = cfg.negatives_kind(), hard_neg_frac(cfg)  # "auto" = what it means
+  if cfg.split_mode != "time_cutoff":
+    opts.pop("eval_fraction")  # unused: any value gives the same folder
   if cfg.dataset != "synthetic":
     opts.pop("synthetic")
     src = pathlib.Path(cfg.data_dir).expanduser().resolve()
@@ -86,10 +93,18 @@ def _write(cfg: DataConfig, fp: str, tmp: pathlib.Path) -> None:
                                     target_behaviors=cfg.target_behaviors,
                                     exclude_repeat_targets=cfg.exclude_repeat_targets,
                                     target_position=cfg.target_position)
-  targets = examples.split_targets(events.user, cand, user_start, cfg.max_train_targets_per_user)
+  train_end = None  # time_cutoff: popularity counts only events before the valid cutoff
+  if cfg.split_mode == "time_cutoff":
+    targets, (train_end, test_start) = examples.split_targets_by_time(
+        events.user, events.time, cand, user_start, cfg.max_train_targets_per_user, cfg.eval_fraction)
+    stats["split_cutoffs"] = {"valid": train_end, "test": test_start}
+  else:
+    targets = examples.split_targets(events.user, cand, user_start, cfg.max_train_targets_per_user,
+                                     cfg.eval_targets_per_user)
   num_items = len(events.item_ids) - 1
   counts = examples.train_item_counts(events.user, events.item, user_start,
-                                      np.concatenate([targets["valid"], targets["test"]]), num_items)
+                                      np.concatenate([targets["valid"], targets["test"]]), num_items,
+                                      time=events.time, end_time=train_end)
   meta_neg = {"negatives": cfg.negatives_kind(), "neg_ratio": cfg.neg_ratio, "neg_alpha": cfg.neg_alpha,
               "hard_neg_frac": hard_neg_frac(cfg), "num_items": num_items}
   sampler = examples.make_sampler(meta_neg, events.item_group, events.item_cat, counts)

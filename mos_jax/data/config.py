@@ -9,6 +9,7 @@ TARGET_POSITIONS = ("all", "session_start")
 FORMATS = ("numpy", "array_record")  # DataConfig.format
 SYNTHETIC_PRESETS = ("hopping", "realistic")
 SESSION_MODES = ("gap", "chunk")  # DataConfig.session_mode
+SPLIT_MODES = ("per_user", "time_cutoff")  # DataConfig.split_mode
 
 
 @dataclasses.dataclass
@@ -100,6 +101,14 @@ class DataConfig:
   exclude_repeat_targets: bool = False  # an event whose item the user had before is not a target
   target_position: str = "all"  # all | session_start (only events that open a session are targets)
   max_train_targets_per_user: int = 10  # most recent train targets per user; 0 = all of them
+  # k: per user, the last k targets are test targets and the k before them valid targets, each with its own history
+  # prefix (docs/data.md, "Targets, splits and tasks"); 1 = leave-one-out. Larger k gives evaluation sets that can
+  # tell models apart (issue 21); users with fewer than 2k targets fill test first, then valid.
+  eval_targets_per_user: int = 1
+  # per_user: the per-user temporal leave-out above | time_cutoff: two global times split every user's targets, the
+  # last eval_fraction of all targets (by time) → test, the eval_fraction before them → valid, the rest train.
+  split_mode: str = "per_user"
+  eval_fraction: float = 0.1  # time_cutoff only
   min_user_events: int = 5
   kcore: int = 0  # 0 = no k-core filtering
   columns: str = ""  # generic csv: "user=uid,item=iid,time=ts,category=cat,behavior=type"
@@ -155,5 +164,14 @@ class DataConfig:
       bad("target_position", f"one of {TARGET_POSITIONS}")
     if self.max_train_targets_per_user < 0:
       bad("max_train_targets_per_user", "an integer >= 0 (0 = all)")
+    if self.eval_targets_per_user < 1:
+      bad("eval_targets_per_user", "an integer >= 1")
+    if self.split_mode not in SPLIT_MODES:
+      bad("split_mode", f"one of {SPLIT_MODES}")
+    if self.split_mode == "time_cutoff":
+      if self.eval_targets_per_user != 1:
+        bad("eval_targets_per_user", "1 with split_mode='time_cutoff' (it is only used by split_mode='per_user')")
+      if not 0 < self.eval_fraction < 0.5:
+        bad("eval_fraction", "a fraction in (0, 0.5) with split_mode='time_cutoff'")
     if self.dataset == "synthetic":
       self.synthetic.validate()

@@ -1,8 +1,10 @@
 """Targets, temporal leave-out splits and CTR negatives.
 
-Per user, the candidate events that have at least one earlier event are the targets: the last → test, the
-second-to-last → valid, up to ``max_train`` of the ones before (the most recent; 0 = all) → train. A target's
-history is only the user's events strictly before it, so no split can see its own target or anything after it.
+Per user, the candidate events that have at least one earlier event are the targets: the last k
+(``DataConfig.eval_targets_per_user``, default 1) → test, the k before → valid, up to ``max_train`` of the ones
+before (the most recent; 0 = all) → train; or, with ``split_mode='time_cutoff'``, two global times split them
+(``split_targets_by_time``). A target's history is only the user's events strictly before it, so no split can see
+its own target or anything after it.
 
 Negatives (``NegativeSampler``, docs/data.md "Negatives") are drawn per split from one numpy Generator; which
 items they come from is the ``kind``. Kinds that look at the history use the packed grid, i.e. what a model sees.
@@ -54,9 +56,18 @@ def target_candidates(candidate: np.ndarray, *, user: np.ndarray, item: np.ndarr
   return cand
 
 
-def split_targets(user: np.ndarray, candidate: np.ndarray, user_start: np.ndarray, max_train: int
-                  ) -> dict[str, np.ndarray]:
-  """Event indices (int64, sorted) of the targets of each split; ``max_train`` = 0 keeps every train target."""
+def split_targets(user: np.ndarray, candidate: np.ndarray, user_start: np.ndarray, max_train: int,
+                  eval_per_user: int = 1) -> dict[str, np.ndarray]:
+  """Event indices (int64, sorted) of the targets of each split.
+
+  Per user, its targets (candidates with at least one earlier event) counted from the end: the last
+  ``eval_per_user`` (k) → test, the k before → valid, up to ``max_train`` before those (the most recent; 0 = all)
+  → train. A user with fewer than 2k targets fills test first, then valid (k = 1: one target → test only, two →
+  test and valid), and has no train target.
+  """
+  if eval_per_user < 1:
+    raise ValueError(f"eval_per_user: expected an integer >= 1, got {eval_per_user!r}")
+  k = int(eval_per_user)
   idx = np.flatnonzero(candidate)
   first = user_start[user[idx] - 1]
   idx = idx[idx > first]  # a target needs history
@@ -67,18 +78,54 @@ def split_targets(user: np.ndarray, candidate: np.ndarray, user_start: np.ndarra
   # rank from the end inside each user: 0 = last candidate
   end = np.flatnonzero(last_of_user)
   rank = np.repeat(end, np.diff(np.concatenate([[-1], end]))) - np.arange(len(idx))
-  train = (rank >= 2) & ((rank < 2 + max_train) if max_train > 0 else True)
-  return {"test": idx[rank == 0].astype(np.int64), "valid": idx[rank == 1].astype(np.int64),
+  train = (rank >= 2 * k) & ((rank < 2 * k + max_train) if max_train > 0 else True)
+  return {"test": idx[rank < k].astype(np.int64), "valid": idx[(rank >= k) & (rank < 2 * k)].astype(np.int64),
           "train": idx[train].astype(np.int64)}
 
 
+def split_targets_by_time(user: np.ndarray, time: np.ndarray, candidate: np.ndarray, user_start: np.ndarray,
+                          max_train: int, fraction: float) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
+  """Targets split by two global times (``split_mode='time_cutoff'``): returns the event indices of each split
+  (int64, sorted) and the cutoffs ``(valid_start, test_start)``.
+
+  Of the n targets (candidates with at least one earlier event of their user) sorted by time, ``test_start`` is the
+  time of the one at position ``n - ceil(fraction n)`` and ``valid_start`` that at ``n - ceil(2 fraction n)``: every
+  target at or after ``test_start`` → test, at or after ``valid_start`` (and before ``test_start``) → valid, the
+  ones before → train (per user the most recent ``max_train``; 0 = all). Equal times fall on the same side, so a
+  split can hold a little more than its fraction; a user may have targets in any subset of the splits.
+  """
+  if not 0 < fraction < 0.5:
+    raise ValueError(f"fraction: expected a value in (0, 0.5), got {fraction!r}")
+  idx = np.flatnonzero(candidate)
+  idx = idx[idx > user_start[user[idx] - 1]]  # a target needs history
+  if len(idx) == 0:
+    return {s: np.zeros(0, np.int64) for s in SPLITS}, (0, 0)
+  t = np.sort(time[idx])
+  n = len(idx)
+  test_start = int(t[n - int(np.ceil(fraction * n))])
+  valid_start = int(t[n - min(n, int(np.ceil(2 * fraction * n)))])
+  tt = time[idx]
+  train = idx[tt < valid_start]
+  if max_train > 0 and len(train):
+    u = user[train]
+    end = np.flatnonzero(np.append(u[1:] != u[:-1], True))
+    rank = np.repeat(end, np.diff(np.concatenate([[-1], end]))) - np.arange(len(train))  # 0 = user's latest
+    train = train[rank < max_train]
+  return ({"test": idx[tt >= test_start].astype(np.int64),
+           "valid": idx[(tt >= valid_start) & (tt < test_start)].astype(np.int64), "train": train.astype(np.int64)},
+          (valid_start, test_start))
+
+
 def train_item_counts(user: np.ndarray, item: np.ndarray, user_start: np.ndarray, eval_targets: np.ndarray,
-                      num_items: int) -> np.ndarray:
+                      num_items: int, *, time: np.ndarray | None = None, end_time: int | None = None) -> np.ndarray:
   """int64 [num_items + 1]: item frequency over the training portion, i.e. each user's events strictly before the
-  user's first evaluation (valid or test) target; no valid/test target or later event is counted."""
+  user's first evaluation (valid or test) target, and, with ``end_time`` (time_cutoff splits), strictly before
+  that time; no valid/test target or later event is counted."""
   cut = user_start[1:].copy()  # users without an evaluation target: all their events
   np.minimum.at(cut, user[eval_targets] - 1, eval_targets)
   mask = np.arange(len(user)) < cut[user - 1]
+  if end_time is not None:
+    mask &= time < end_time
   return np.bincount(item[mask], minlength=num_items + 1).astype(np.int64)
 
 
@@ -135,10 +182,10 @@ class NegativeSampler:
   def draw(self, pos: np.ndarray, hist: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """``pos`` int [N]; ``hist`` int [N, L] the packed history items (0 = padding), rows aligned with ``pos``."""
     pos = np.asarray(pos, np.int64)
-    hist = np.asarray(hist).reshape(len(pos), -1)
     k = self.neg_ratio
-    if k == 0 or len(pos) == 0:
+    if k == 0 or len(pos) == 0:  # an empty split (e.g. no user has 2k targets) has no negatives
       return np.zeros((len(pos), k), np.int32)
+    hist = np.asarray(hist).reshape(len(pos), -1)
     if self.kind == "uniform":
       neg = self._uniform(pos, k, rng)
     elif self.kind == "in_category":

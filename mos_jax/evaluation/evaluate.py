@@ -272,6 +272,26 @@ def row_metrics(outputs: np.ndarray, *, task: str, label: np.ndarray | None = No
   return result
 
 
+def ctr_intervals(outputs: np.ndarray, *, label: np.ndarray, user: np.ndarray,
+                  num_samples: int = metrics.BOOTSTRAP_SAMPLES, seed: int = 0) -> dict[str, Any]:
+  """Bootstrap uncertainty of the CTR ``auc`` / ``gauc`` of per-row scores (docs/metrics.md, "Uncertainty").
+
+  Returns ``auc_se`` and ``auc_ci95`` ([lower, upper], the 95% percentile interval) resampling rows;
+  ``auc_se_users`` and ``auc_ci95_users`` resampling users (a drawn user brings all its rows: the honest error when a
+  user contributes several targets, whose rows are not independent); ``gauc_se`` and ``gauc_ci95`` resampling users;
+  ``bootstrap_samples``. Deterministic for a ``seed``; NaN where the metric itself is undefined.
+  """
+  kw = dict(num_samples=num_samples, seed=seed)
+  out: dict[str, Any] = {}
+  for se_key, ci_key, (se, lo, hi) in (
+      ("auc_se", "auc_ci95", metrics.bootstrap_auc(label, outputs, **kw)),
+      ("auc_se_users", "auc_ci95_users", metrics.bootstrap_auc(label, outputs, groups=user, **kw)),
+      ("gauc_se", "gauc_ci95", metrics.bootstrap_gauc(label, outputs, user, **kw))):
+    out[se_key], out[ci_key] = se, [lo, hi]
+  out["bootstrap_samples"] = int(num_samples)
+  return out
+
+
 def predict_rows(predict_fn: Callable[[Mapping[str, Any]], Any], batches: Iterable[Mapping[str, Any]], *, task: str,
                  exclude_history: bool = False, ties: str = "pessimistic", item_block: int = 0) -> np.ndarray:
   """Per-row model outputs of the real rows (``weight == 1``), in the order the batches give them.

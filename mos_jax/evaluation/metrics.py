@@ -16,11 +16,15 @@ Next-item metrics follow the full-ranking protocol of RecBole / HSTU for one tar
 rank of the target among all candidate items (see ``ranks_from_scores`` and docs/metrics.md for the tie rule):
 ``HR@K = [rank <= K]``, ``NDCG@K = [rank <= K] / log2(rank + 1)``, ``MRR = 1 / rank`` (no cutoff),
 ``MRR@K = [rank <= K] / rank``, each averaged over examples.
+
+Uncertainty: ``bootstrap_auc`` / ``bootstrap_gauc`` give the bootstrap standard error and percentile interval of AUC
+(resampling rows, or groups such as users) and of GAUC (resampling users), O(N) per resample (docs/metrics.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+import math
 
 import numpy as np
 
@@ -142,6 +146,149 @@ def gauc(labels, scores, users) -> float:
   if not valid.any():
     return float("nan")
   return float(np.sum(a[valid] * count[valid]) / np.sum(count[valid]))
+
+
+# --- bootstrap intervals of AUC / GAUC -------------------------------------------------------------------------
+
+BOOTSTRAP_SAMPLES = 1000
+_BOOTSTRAP_CELLS = 1 << 21  # resample draws held at once (bounds the [resamples, rows] temporaries)
+
+
+def _interval(reps: np.ndarray, level: float) -> tuple[float, float, float]:
+  """(standard error, lower, upper) of bootstrap replicates: their standard deviation (ddof 1) and the percentile
+  interval; replicates that are NaN (a resample with one label class) are left out; NaNs when fewer than 2 remain."""
+  r = reps[np.isfinite(reps)]
+  if r.size < 2:
+    return float("nan"), float("nan"), float("nan")
+  lo, hi = np.percentile(r, [50 * (1 - level), 50 * (1 + level)])
+  return float(np.std(r, ddof=1)), float(lo), float(hi)
+
+
+def _check_bootstrap(num_samples: int, level: float = 0.95) -> None:
+  if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 2:
+    raise ValueError(f"num_samples: expected an integer >= 2, got {num_samples!r}")
+  if not 0 < level < 1:
+    raise ValueError(f"level: expected a coverage in (0, 1), got {level!r}")
+
+
+def _dense_ids(name: str, ids, n: int) -> tuple[np.ndarray, int]:
+  g = _as_1d(name, ids)
+  if g.shape != (n,):
+    raise ValueError(f"labels and {name} differ in length: {n} vs {g.shape[0]}")
+  if not np.issubdtype(g.dtype, np.integer):
+    raise ValueError(f"{name}: expected integer ids, got dtype {g.dtype}")
+  uniq, inv = np.unique(g, return_inverse=True)
+  return inv.reshape(-1).astype(np.int64), len(uniq)
+
+
+def _resample_counts(rng: np.random.Generator, r: int, n: int) -> np.ndarray:
+  """int64 [r, n]: how often each of n units is drawn in each of r resamples of n draws with replacement (the
+  multinomial counts of the ordinary bootstrap)."""
+  draws = rng.integers(0, n, size=(r, n)) + (np.arange(r, dtype=np.int64) * n)[:, None]
+  return np.bincount(draws.ravel(), minlength=r * n).reshape(r, n)
+
+
+def auc_replicates(labels, scores, *, groups=None, num_samples: int = BOOTSTRAP_SAMPLES, seed: int = 0
+                   ) -> np.ndarray:
+  """float64 [num_samples]: the AUC of each bootstrap resample (NaN where a resample has one label class).
+
+  Without ``groups`` the rows are resampled (n draws with replacement from the n rows); with ``groups`` (integer
+  ids, e.g. users) whole groups are (G draws from the G groups, each drawn group bringing all its rows: the cluster
+  bootstrap, for rows that are not independent).
+
+  Method (O(n) per resample, no sort): the scores are sorted once into blocks of equal score. A resample is a
+  vector of integer weights ``w`` (how often each row was drawn), and its AUC is the weighted Mann-Whitney statistic
+  ``sum_b P_b (N_<b + N_b / 2) / (P N)``, with ``P_b`` / ``N_b`` the weights of the positives / negatives in block b,
+  ``N_<b`` the negative weight of the blocks below b and ``P``, ``N`` the totals. This is exactly the AUC of the
+  resampled rows (each drawn copy a row; tied pairs count one half), computed with integer sums in float64.
+  """
+  y, s = _check_labels_scores(labels, scores)
+  _check_bootstrap(num_samples)
+  n = y.shape[0]
+  order = np.argsort(s, kind="stable")
+  new_block = np.ones(n, bool)
+  new_block[1:] = s[order][1:] != s[order][:-1]
+  block = np.empty(n, np.int64)
+  block[order] = np.cumsum(new_block) - 1
+  nb = int(new_block.sum())
+  code = block + nb * y.astype(np.int64)  # cell: block b of the negatives, nb + b of the positives
+  if groups is not None:
+    gid, ng = _dense_ids("groups", groups, n)
+  rng = np.random.default_rng(seed)
+  out = np.empty(num_samples, np.float64)
+  units = n if groups is None else ng
+  chunk = max(1, _BOOTSTRAP_CELLS // max(units, n, 2 * nb))
+  for a in range(0, num_samples, chunk):
+    r = min(chunk, num_samples - a)
+    offset = (np.arange(r, dtype=np.int64) * 2 * nb)[:, None]
+    if groups is None:
+      cell = code[rng.integers(0, n, size=(r, n))]
+      cell += offset
+      cells = np.bincount(cell.ravel(), minlength=r * 2 * nb)
+    else:
+      weight = _resample_counts(rng, r, ng)[:, gid]  # [r, n]: each row weighted by its group's count
+      cells = np.bincount((code[None, :] + offset).ravel(), weights=weight.ravel(), minlength=r * 2 * nb)
+      cells = np.rint(cells).astype(np.int64)  # integer sums of integer weights: exact
+    cells = cells.reshape(r, 2, nb)
+    neg, pos = cells[:, 0], cells[:, 1]
+    twice_below = np.cumsum(neg, axis=1)  # 2 N_<b + N_b = 2 cumsum(N)_b - N_b
+    twice_below *= 2
+    twice_below -= neg
+    num = np.einsum("ij,ij->i", pos, twice_below)  # int64, exact
+    den = 2 * pos.sum(1) * neg.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+      out[a:a + r] = np.where(den > 0, num / np.maximum(den, 1), np.nan)
+  return out
+
+
+def bootstrap_auc(labels, scores, *, groups=None, num_samples: int = BOOTSTRAP_SAMPLES, seed: int = 0,
+                  level: float = 0.95) -> tuple[float, float, float]:
+  """Bootstrap ``(standard error, lower, upper)`` of ``auc(labels, scores)``; lower/upper bound the ``level``
+  percentile interval (default 95%: the 2.5th and 97.5th percentiles of the replicates).
+
+  Rows are resampled with replacement (``groups`` = integer ids: whole groups are, see ``auc_replicates``); the
+  standard error is the standard deviation of the ``num_samples`` replicate AUCs. Deterministic for a ``seed``.
+  NaNs when the AUC itself is undefined (one label class). A perfect (or a constant) ranking gives se 0 and the
+  interval [1, 1] ([0.5, 0.5]).
+  """
+  _check_bootstrap(num_samples, level)
+  if math.isnan(auc(labels, scores)):
+    return float("nan"), float("nan"), float("nan")
+  return _interval(auc_replicates(labels, scores, groups=groups, num_samples=num_samples, seed=seed), level)
+
+
+def gauc_replicates(labels, scores, users, *, num_samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> np.ndarray:
+  """float64 [num_samples]: GAUC of each bootstrap resample of the users (U draws with replacement from the U users
+  present, a drawn user bringing all its rows; NaN where no drawn user has both classes).
+
+  Each user's AUC and row count are computed once; a resample drawing user u ``m_u`` times has
+  ``GAUC = sum_u m_u n_u AUC_u / sum_u m_u n_u`` over the users with both classes, so a resample costs O(U).
+  """
+  y, s = _check_labels_scores(labels, scores)
+  _check_bootstrap(num_samples)
+  gid, ng = _dense_ids("users", users, y.shape[0])
+  a, count, valid = _group_aucs(y, s, gid)
+  wa = np.where(valid, a * count, 0.0)
+  wn = np.where(valid, count, 0.0)
+  rng = np.random.default_rng(seed)
+  out = np.empty(num_samples, np.float64)
+  chunk = max(1, _BOOTSTRAP_CELLS // ng)
+  for lo in range(0, num_samples, chunk):
+    m = _resample_counts(rng, min(chunk, num_samples - lo), ng).astype(np.float64)
+    den = m @ wn
+    with np.errstate(invalid="ignore", divide="ignore"):
+      out[lo:lo + len(m)] = np.where(den > 0, (m @ wa) / den, np.nan)
+  return out
+
+
+def bootstrap_gauc(labels, scores, users, *, num_samples: int = BOOTSTRAP_SAMPLES, seed: int = 0,
+                   level: float = 0.95) -> tuple[float, float, float]:
+  """Bootstrap ``(standard error, lower, upper)`` of ``gauc(labels, scores, users)``, resampling users
+  (``gauc_replicates``); NaNs when the GAUC itself is undefined."""
+  _check_bootstrap(num_samples, level)
+  if math.isnan(gauc(labels, scores, users)):
+    return float("nan"), float("nan"), float("nan")
+  return _interval(gauc_replicates(labels, scores, users, num_samples=num_samples, seed=seed), level)
 
 
 def ranks_from_scores(scores, targets, *, exclude=None, ties: str = "pessimistic") -> np.ndarray:
