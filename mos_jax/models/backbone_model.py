@@ -30,5 +30,6 @@ class BackboneModel(nnx.Module):
     # The target reaches the encoder only in CTR mode: in next-item mode it is the label.
     tgt = target if self.task == "ctr" else None
     u = self.encoder(x.reshape(b, s * t, d), mask.reshape(b, s * t), tgt, deterministic=deterministic)
-    logits, query = self.head.forward(u, target, self.embedder.item_table, deterministic=deterministic)
+    logits, query = self.head.forward(u, target, self.embedder.item_table, deterministic=deterministic,
+                                      batch=batch)
     return ModelOutput(logits, jnp.zeros((), jnp.float32), {}, query)

@@ -114,6 +114,9 @@ class ModelConfig:
   # models in spirit; issue 11). It also gives the router a direct gradient from the CTR loss.
   target_routing: bool = False
   head_hidden: int = 64  # CTR head MLP width
+  # CTR only: a learned scalar bias per target item and per target category added to the logit (a factorisation
+  # machine's first-order terms): item popularity in one parameter per item, the same for every model (issue 21).
+  ctr_bias: bool = False
   # Auxiliary losses.
   balance_loss_weight: float = 0.01
   z_loss_weight: float = 0.001
@@ -180,6 +183,8 @@ class ModelConfig:
       bad("router_temperature", self.router_temperature, "> 0")
     if not isinstance(self.router_learn_temperature, bool):
       bad("router_learn_temperature", self.router_learn_temperature, "True or False")
+    if not isinstance(self.ctr_bias, bool):
+      bad("ctr_bias", self.ctr_bias, "True or False")
     if not 0.0 <= self.dropout < 1.0:
       bad("dropout", self.dropout, "in [0, 1)")
     if self.name in MOE_MODELS:

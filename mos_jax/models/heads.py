@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -26,6 +28,21 @@ class CTRHead(nnx.Module):
     u = u.astype(t.dtype)
     z = jax.nn.gelu(self.hidden(jnp.concatenate([u, t, u * t], axis=-1)))
     return self.out(self.drop(z, deterministic=deterministic))[:, 0].astype(jnp.float32)
+
+
+class CTRBias(nnx.Module):
+  """float32 [B]: a learned bias of the target item plus one of its category (zero-initialised; padding ids 0)."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    zeros = nnx.initializers.zeros_init()
+    self.item = nnx.Embed(cfg.num_items + 1, 1, embedding_init=zeros, rngs=rngs)
+    self.cat = nnx.Embed(cfg.num_cats + 1, 1, embedding_init=zeros, rngs=rngs) if cfg.num_cats > 0 else None
+
+  def __call__(self, item: jax.Array, cat: jax.Array | None) -> jax.Array:
+    b = self.item(item)[:, 0]
+    if self.cat is not None and cat is not None:
+      b = b + self.cat(jnp.asarray(cat))[:, 0]
+    return b.astype(jnp.float32)
 
 
 def item_scores(q: jax.Array, items: jax.Array) -> jax.Array:
@@ -60,22 +77,29 @@ class TaskHead(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, *, in_dim: int, rngs: nnx.Rngs):
     self.task = cfg.task
+    self.bias = CTRBias(cfg, rngs=rngs) if cfg.task == "ctr" and cfg.ctr_bias else None
     if cfg.task == "ctr":
       self.head = CTRHead(cfg, in_dim=in_dim, rngs=rngs)
     else:
       self.head = NextItemHead(cfg, in_dim=in_dim, rngs=rngs)
 
-  def __call__(self, u: jax.Array, target: jax.Array, item_table: jax.Array, *, deterministic: bool) -> jax.Array:
-    return self.forward(u, target, item_table, deterministic=deterministic)[0]
+  def __call__(self, u: jax.Array, target: jax.Array, item_table: jax.Array, *, deterministic: bool,
+               batch: Mapping[str, jax.Array] | None = None) -> jax.Array:
+    return self.forward(u, target, item_table, deterministic=deterministic, batch=batch)[0]
 
-  def forward(self, u: jax.Array, target: jax.Array, item_table: jax.Array, *, deterministic: bool
-              ) -> tuple[jax.Array, jax.Array | None]:
+  def forward(self, u: jax.Array, target: jax.Array, item_table: jax.Array, *, deterministic: bool,
+              batch: Mapping[str, jax.Array] | None = None) -> tuple[jax.Array, jax.Array | None]:
     """(logits, query): next-item also returns the query ``q[B,D]`` (``ModelOutput.query``), CTR None.
 
     A caller that uses only the query (sampled losses, blocked evaluation) leaves the ``[B,V]`` logits unused, and
-    ``jax.jit`` does not compute them.
+    ``jax.jit`` does not compute them. ``batch`` (its target ids) is needed with ``ModelConfig.ctr_bias``.
     """
     if self.task == "ctr":
-      return self.head(u, target, deterministic=deterministic), None
+      logits = self.head(u, target, deterministic=deterministic)
+      if self.bias is not None:
+        if batch is None:
+          raise ValueError("ModelConfig.ctr_bias=True: the head needs the batch (its target_item, target_cat)")
+        logits = logits + self.bias(jnp.asarray(batch["target_item"]), batch.get("target_cat"))
+      return logits, None
     q = self.head.query(u)
     return item_scores(q, item_table).at[:, 0].set(PAD_LOGIT), q

@@ -191,5 +191,6 @@ class MoS(nnx.Module):
       metrics["target_router_entropy"] = jnp.mean(-jnp.sum(p_t * jnp.log(jnp.maximum(p_t, 1e-9)), axis=-1))
     u, w = self.fusion(hs, jnp.concatenate(avail, axis=1), tgt, prior)
     metrics["fusion_weights"] = jnp.mean(w, axis=0)
-    logits, query = self.head.forward(u, target, self.embedder.item_table, deterministic=deterministic)
+    logits, query = self.head.forward(u, target, self.embedder.item_table, deterministic=deterministic,
+                                      batch=batch)
     return ModelOutput(logits, aux, metrics, query)

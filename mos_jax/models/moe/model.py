@@ -120,7 +120,8 @@ class MoEModel(nnx.Module):
       u, aux, metrics = self._dense(x, mask, ctr_target, feats, valid, deterministic)
     else:
       u, aux, metrics = self._sparse(x, mask, ctr_target, feats, valid, deterministic)
-    logits, query = self.head.forward(u, target, self.embedder.item_table, deterministic=deterministic)
+    logits, query = self.head.forward(u, target, self.embedder.item_table, deterministic=deterministic,
+                                      batch=batch)
     return ModelOutput(logits, aux.astype(_F32), metrics, query)
 
   def _sparse(self, x, mask, target, feats, valid, deterministic):
