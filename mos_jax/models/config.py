@@ -117,6 +117,9 @@ class ModelConfig:
   # CTR only: a learned scalar bias per target item and per target category added to the logit (a factorisation
   # machine's first-order terms): item popularity in one parameter per item, the same for every model (issue 21).
   ctr_bias: bool = False
+  # CTR only: the head also reads log(1 + how often the target item, and its category, occur in the history): the
+  # target-to-history match that target-attention hosts learn, given to every model as two numbers (issue 21).
+  history_match: bool = False
   # Auxiliary losses.
   balance_loss_weight: float = 0.01
   z_loss_weight: float = 0.001
@@ -183,8 +186,9 @@ class ModelConfig:
       bad("router_temperature", self.router_temperature, "> 0")
     if not isinstance(self.router_learn_temperature, bool):
       bad("router_learn_temperature", self.router_learn_temperature, "True or False")
-    if not isinstance(self.ctr_bias, bool):
-      bad("ctr_bias", self.ctr_bias, "True or False")
+    for field in ("ctr_bias", "history_match"):
+      if not isinstance(getattr(self, field), bool):
+        bad(field, getattr(self, field), "True or False")
     if not 0.0 <= self.dropout < 1.0:
       bad("dropout", self.dropout, "in [0, 1)")
     if self.name in MOE_MODELS:

@@ -14,20 +14,36 @@ PAD_LOGIT = -1e9  # next-item column 0 (the padding id) can never be predicted
 
 
 class CTRHead(nnx.Module):
-  """(u[B,H], target[B,D]) -> float32 logit [B]: MLP over [u, t, u*t] with t = target projected to H."""
+  """(u[B,H], target[B,D], extra[B,F] | None) -> float32 logit [B]: MLP over [u, t, u*t(, extra)] with t = target
+  projected to H; ``extra`` (``num_extra`` features, e.g. ``history_match``) joins the MLP's input."""
 
-  def __init__(self, cfg: ModelConfig, *, in_dim: int, rngs: nnx.Rngs):
+  def __init__(self, cfg: ModelConfig, *, in_dim: int, rngs: nnx.Rngs, num_extra: int = 0):
     dt = cfg.compute_dtype
     self.target_proj = nnx.Linear(cfg.embed_dim, in_dim, dtype=dt, rngs=rngs)
-    self.hidden = nnx.Linear(3 * in_dim, cfg.head_hidden, dtype=dt, rngs=rngs)
+    self.hidden = nnx.Linear(3 * in_dim + num_extra, cfg.head_hidden, dtype=dt, rngs=rngs)
     self.out = nnx.Linear(cfg.head_hidden, 1, dtype=dt, rngs=rngs)
     self.drop = nnx.Dropout(cfg.dropout, rngs=rngs)
 
-  def __call__(self, u: jax.Array, target: jax.Array, *, deterministic: bool) -> jax.Array:
+  def __call__(self, u: jax.Array, target: jax.Array, *, deterministic: bool, extra: jax.Array | None = None
+               ) -> jax.Array:
     t = self.target_proj(target)
     u = u.astype(t.dtype)
-    z = jax.nn.gelu(self.hidden(jnp.concatenate([u, t, u * t], axis=-1)))
+    parts = [u, t, u * t] + ([] if extra is None else [extra.astype(t.dtype)])
+    z = jax.nn.gelu(self.hidden(jnp.concatenate(parts, axis=-1)))
     return self.out(self.drop(z, deterministic=deterministic))[:, 0].astype(jnp.float32)
+
+
+def history_match(batch: Mapping[str, jax.Array]) -> jax.Array:
+  """float32 [B, 2]: log(1 + occurrences in the history ``items[B,S,T]`` of the target item, of its category)."""
+  items = jnp.asarray(batch["items"]).reshape(len(batch["target_item"]), -1)
+  n_item = jnp.sum((items == jnp.asarray(batch["target_item"])[:, None]) & (items > 0), axis=1)
+  if "cats" in batch and "target_cat" in batch:
+    cats = jnp.asarray(batch["cats"]).reshape(items.shape)
+    tc = jnp.asarray(batch["target_cat"])[:, None]
+    n_cat = jnp.sum((cats == tc) & (tc > 0) & (items > 0), axis=1)
+  else:
+    n_cat = jnp.zeros_like(n_item)
+  return jnp.log1p(jnp.stack([n_item, n_cat], axis=-1).astype(jnp.float32))
 
 
 class CTRBias(nnx.Module):
@@ -78,8 +94,9 @@ class TaskHead(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, in_dim: int, rngs: nnx.Rngs):
     self.task = cfg.task
     self.bias = CTRBias(cfg, rngs=rngs) if cfg.task == "ctr" and cfg.ctr_bias else None
+    self.history_match = cfg.task == "ctr" and cfg.history_match
     if cfg.task == "ctr":
-      self.head = CTRHead(cfg, in_dim=in_dim, rngs=rngs)
+      self.head = CTRHead(cfg, in_dim=in_dim, rngs=rngs, num_extra=2 if self.history_match else 0)
     else:
       self.head = NextItemHead(cfg, in_dim=in_dim, rngs=rngs)
 
@@ -95,10 +112,11 @@ class TaskHead(nnx.Module):
     ``jax.jit`` does not compute them. ``batch`` (its target ids) is needed with ``ModelConfig.ctr_bias``.
     """
     if self.task == "ctr":
-      logits = self.head(u, target, deterministic=deterministic)
+      if batch is None and (self.bias is not None or self.history_match):
+        raise ValueError("ModelConfig.ctr_bias / history_match: the head needs the batch (its target and history ids)")
+      extra = history_match(batch) if self.history_match else None
+      logits = self.head(u, target, deterministic=deterministic, extra=extra)
       if self.bias is not None:
-        if batch is None:
-          raise ValueError("ModelConfig.ctr_bias=True: the head needs the batch (its target_item, target_cat)")
         logits = logits + self.bias(jnp.asarray(batch["target_item"]), batch.get("target_cat"))
       return logits, None
     q = self.head.query(u)
