@@ -17,8 +17,8 @@ def _parser() -> argparse.ArgumentParser:
   sub = p.add_subparsers(dest="command", required=True)
   h = sub.add_parser("hopping", help="session-hopping statistics of a dataset",
                      description="Any other --config.data.FIELD=VALUE sets that DataConfig field (e.g. session_gap).")
-  h.add_argument("--dataset", default=None, help="synthetic | taobao | ml-100k | ml-latest-small | amazon-rechorus | "
-                 "csv (default: the config's, synthetic)")
+  h.add_argument("--dataset", default=None, help="synthetic | csv | a reader's name (taobao, taobao_sslrec, foursquare, "
+                 "ml-100k, ml-latest-small, amazon-rechorus; default: the config's, synthetic)")
   h.add_argument("--data-dir", default=None, help="raw data folder or file (unused for synthetic)")
   h.add_argument("--config", default=None, help="a config file whose data section is the starting point "
                  "(default: DataConfig defaults)")

@@ -79,7 +79,7 @@ class SyntheticConfig:
 class DataConfig:
   """Where interactions come from and how they become ``[S, T]`` session grids."""
 
-  dataset: str = "synthetic"  # synthetic | taobao | ml-100k | ml-latest-small | amazon-rechorus | csv
+  dataset: str = "synthetic"  # synthetic | csv | a reader of data/readers.py (taobao, taobao_sslrec, foursquare, ...)
   data_dir: str = ""  # a folder or the file itself; unused for synthetic
   cache_dir: str = "~/.cache/mos_jax/prepared"  # prepared copies, keyed by a fingerprint of inputs + options
   task: str = "ctr"  # ctr | next (preparing writes both; this picks the one training reads)
