@@ -94,6 +94,17 @@ def _find_file(data_dir: pathlib.Path, names: tuple[str, ...]) -> pathlib.Path:
   raise DataError(f"{data_dir}: none of {', '.join(names)} found")
 
 
+def _behaviors(path: pathlib.Path, col: pd.Series, first_line: int) -> np.ndarray:
+  """The behaviour names of a Taobao log; an unknown one is an error naming its line."""
+  beh = col.to_numpy(dtype=str)
+  bad = ~np.isin(beh, TAOBAO_BEHAVIORS)
+  if bad.any():
+    i = int(np.argmax(bad))
+    raise DataError(f"{path}: line {col.index[i] + first_line}: unknown behavior {str(beh[i])!r}; "
+                    f"expected one of {TAOBAO_BEHAVIORS}")
+  return beh
+
+
 def read_taobao(data_dir: pathlib.Path) -> tuple[pd.DataFrame, dict]:
   """Taobao UserBehavior: ``user,item,category,behavior,timestamp``, no header.
 
@@ -122,12 +133,7 @@ def read_taobao(data_dir: pathlib.Path) -> tuple[pd.DataFrame, dict]:
     raise DataError(f"{path}: line 1: {df['user'].iloc[0]!r} is not a user id; Taobao files have no header, "
                     f"expected {form}")
   _require_fields(path, df, names, 1, form)
-  beh = df["behavior"].to_numpy(dtype=str)
-  bad = ~np.isin(beh, TAOBAO_BEHAVIORS)
-  if bad.any():
-    i = int(np.argmax(bad))
-    raise DataError(f"{path}: line {df.index[i] + 1}: unknown behavior {str(beh[i])!r}; "
-                    f"expected one of {TAOBAO_BEHAVIORS}")
+  beh = _behaviors(path, df["behavior"], 1)
   t = _to_int(path, df["time"], "timestamp", 1, form)
   return _table(_ids(path, df["user"], "user_id", 1, form), _ids(path, df["item"], "item_id", 1, form), t,
                 _ids(path, df["cat"], "category_id", 1, form), beh), counts
@@ -253,12 +259,7 @@ def read_taobao_sslrec(data_dir: pathlib.Path) -> tuple[pd.DataFrame, dict]:
   df = _read_delimited(path, ",", None)
   _check_header(path, df, names, exact=True)
   _require_fields(path, df, names, 2, form)
-  beh = df["behavior"].to_numpy(dtype=str)
-  bad = ~np.isin(beh, TAOBAO_BEHAVIORS)
-  if bad.any():
-    i = int(np.argmax(bad))
-    raise DataError(f"{path}: line {df.index[i] + 2}: unknown behavior {str(beh[i])!r}; "
-                    f"expected one of {TAOBAO_BEHAVIORS}")
+  beh = _behaviors(path, df["behavior"], 2)
   t = _to_int(path, df["timestamp"], "timestamp", 2, form)
   return _table(_nonneg_ids(path, df["user"], "user", 2, form), _nonneg_ids(path, df["item"], "item", 2, form), t,
                 behavior=beh), {}
